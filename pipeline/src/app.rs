@@ -1,0 +1,241 @@
+//! Wiring of stages to transports: the embedded run over the in-memory log,
+//! and one stage as a member of its consumer group on Kafka.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{DeadLetter, Record, RecordKind};
+use crate::stages::archive::{ArchiveStage, ArchiveStore};
+use crate::stages::ingest::{self, Delivered};
+use crate::stages::mask::{MaskStage, Masker};
+use crate::stages::normalize::NormalizeStage;
+use crate::stages::ticket::{OutboxSink, TicketStage};
+use crate::stages::window::{WindowRules, WindowStage};
+use crate::topology::{self, Topology};
+use crate::transport::kafka::{KafkaSink, KafkaSource};
+use crate::transport::memory::{MemoryLog, MemorySink};
+use crate::transport::{
+    decode_record, now_ms, run_stage, OutRecord, RecordSink, RunReport, RunUntil, Stage, StageRuntime, TopicNames,
+};
+
+/// The stages that read a topic, in the order the embedded run drives them.
+pub const CONSUMING_STAGES: [&str; 5] = ["normalize", "mask", "archive", "window", "ticket"];
+
+/// Builds the record logic of a consuming stage.
+pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>> {
+    Ok(match name {
+        "normalize" => Box::new(NormalizeStage),
+        "mask" => {
+            let key = config.mask_key()?.clone();
+            Box::new(MaskStage::new(Masker::new(key, config.mask.key_id.clone())))
+        }
+        "window" => Box::new(WindowStage::new(WindowRules::from(&config.window))),
+        "archive" => Box::new(ArchiveStage::new(ArchiveStore::open(&config.archive.url)?)),
+        "ticket" => Box::new(TicketStage::new(
+            OutboxSink::new(config.ticket.outbox_dir.clone()),
+            ArchiveStore::open(&config.archive.url)?,
+            ArchiveStore::open(&config.archive.cold_url)?,
+            config.archive.snapshot_margin_secs as i64 * 1000,
+        )),
+        other => anyhow::bail!(
+            "unknown stage {other:?}; the stages are ingest, normalize, mask, window, ticket and archive"
+        ),
+    })
+}
+
+pub fn codec_for(config: &Config) -> anyhow::Result<Codec> {
+    Ok(match &config.schema_registry.url {
+        Some(url) if !url.is_empty() => Codec::with_registry(url)?,
+        _ => Codec::single_object()?,
+    })
+}
+
+fn runtime(config: &Config, codec: Codec, topics: TopicNames, metrics: &Metrics, stage: &str) -> StageRuntime {
+    StageRuntime {
+        codec,
+        topics,
+        metrics: metrics.stage(stage),
+        batch_max_records: config.stage.batch_max_records,
+        batch_max_wait: Duration::from_millis(config.stage.batch_max_wait_ms),
+        tick: Duration::from_millis(config.stage.tick_ms),
+    }
+}
+
+/// Encodes delivered payloads as raw events and sends them; returns the count.
+pub async fn ingest(
+    delivered: &[Delivered],
+    sink: &dyn RecordSink,
+    codec: &Codec,
+    topics: &TopicNames,
+    metrics: &Metrics,
+) -> anyhow::Result<u64> {
+    let stage_metrics = metrics.stage("ingest");
+    let topic = topics.physical(topology::RAW_EVENTS);
+    let received_at = now_ms();
+    for chunk in delivered.chunks(500) {
+        let mut out = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let (key, raw) = ingest::to_raw_event(item, received_at);
+            let payload = codec.encode(&topic, &Record::Raw(raw)).await?;
+            out.push(OutRecord {
+                topic: topic.clone(),
+                key,
+                payload,
+            });
+        }
+        stage_metrics.records_in.inc_by(chunk.len() as u64);
+        sink.send(out).await?;
+        stage_metrics.records_out.inc_by(chunk.len() as u64);
+    }
+    Ok(delivered.len() as u64)
+}
+
+/// What an embedded run did.
+#[derive(Default)]
+pub struct EmbeddedReport {
+    pub events_read: u64,
+    pub normalized: u64,
+    pub masked: u64,
+    pub dead_letters: Vec<DeadLetter>,
+    pub incidents_opened: Vec<String>,
+    pub incidents_gated: u64,
+    pub tickets_written: Vec<(String, String)>,
+    pub archive_url: String,
+    pub cold_url: String,
+    pub outbox_dir: PathBuf,
+    pub stages: Vec<(String, RunReport)>,
+    pub log: Option<Arc<MemoryLog>>,
+}
+
+/// Runs the whole topology in this process over the in-memory log, from
+/// `input` to tickets and archive, and reports what happened.
+pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<EmbeddedReport> {
+    let delivered = ingest::read_input(input)?;
+    let topology = Topology::load_default();
+    let log = MemoryLog::new();
+    for topic in &topology.topics {
+        log.create_topic(&topic.name, topic.partitions as usize);
+    }
+    let codec = Codec::single_object()?;
+    let topics = TopicNames::default();
+    let metrics = Metrics::new();
+    let sink = MemorySink { log: Arc::clone(&log) };
+
+    let mut report = EmbeddedReport {
+        events_read: ingest(&delivered, &sink, &codec, &topics, &metrics).await?,
+        ..EmbeddedReport::default()
+    };
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    for name in CONSUMING_STAGES {
+        let mut stage = build_stage(name, config)?;
+        let spec = topology.stage(name).context("stage missing from topology")?;
+        let input_topic = spec.input.clone().context("consuming stage without input")?;
+        let mut source = log.consumer(&spec.consumer_group, &input_topic);
+        let stage_runtime = runtime(config, codec.clone(), topics.clone(), &metrics, name);
+        let run = run_stage(stage.as_mut(), &mut source, &sink, &stage_runtime, RunUntil::Drained, shutdown.clone()).await?;
+        report.stages.push((name.to_string(), run));
+    }
+
+    summarize(&mut report, &log, &codec).await?;
+    report.archive_url = ArchiveStore::open(&config.archive.url)?.url_of("");
+    report.cold_url = ArchiveStore::open(&config.archive.cold_url)?.url_of("");
+    report.outbox_dir = config.ticket.outbox_dir.clone();
+    report.log = Some(log);
+    Ok(report)
+}
+
+async fn summarize(report: &mut EmbeddedReport, log: &MemoryLog, codec: &Codec) -> anyhow::Result<()> {
+    report.normalized = log.records(topology::NORMALIZED).len() as u64;
+    report.masked = log.records(topology::MASKED).len() as u64;
+    for record in log.records(topology::DEAD_LETTER) {
+        if let Record::DeadLetter(letter) = decode_record(codec, RecordKind::DeadLetter, record.payload.as_deref().unwrap_or_default()).await? {
+            report.dead_letters.push(letter);
+        }
+    }
+    for record in log.records(topology::WINDOWED_INCIDENTS) {
+        if let Record::Incident(incident) = decode_record(codec, RecordKind::Incident, record.payload.as_deref().unwrap_or_default()).await? {
+            match incident.change.as_str() {
+                "opened" => report.incidents_opened.push(format!(
+                    "{} {} on {} ({})",
+                    incident.incident_id, incident.incident_type, incident.affected_service, incident.signal_type
+                )),
+                "gated" => report.incidents_gated += 1,
+                _ => {}
+            }
+        }
+    }
+    for record in log.records(topology::TICKETS) {
+        if let Record::Ticket(ticket) = decode_record(codec, RecordKind::Ticket, record.payload.as_deref().unwrap_or_default()).await? {
+            report.tickets_written.push((ticket.status, ticket.ticket_url));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one stage as a member of its consumer group on Kafka until Ctrl-C or
+/// SIGTERM. The ingest stage reads `input` instead of a topic.
+pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) -> anyhow::Result<()> {
+    let topology = Topology::load_default();
+    let codec = codec_for(config)?;
+    let topics = TopicNames {
+        prefix: config.kafka.topic_prefix.clone(),
+    };
+    let metrics = Metrics::new();
+    if !config.metrics.address.is_empty() {
+        let address = config.metrics.address.clone();
+        let served = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(&address, served).await {
+                tracing::error!(error = %error, "Metrics server stopped.");
+            }
+        });
+    }
+    let sink = KafkaSink::new(&config.kafka)?;
+
+    if name == "ingest" {
+        let input = input.context("the ingest stage needs --input PATH (a JSON Lines file or a folder of .json files)")?;
+        let delivered = ingest::read_input(input)?;
+        let count = ingest(&delivered, &sink, &codec, &topics, &metrics).await?;
+        tracing::info!(stage = "ingest", records = count, "Input written to raw-events.");
+        return Ok(());
+    }
+
+    let mut stage = build_stage(name, config)?;
+    let spec = topology.stage(name).context("stage missing from topology")?;
+    let input_topic = topics.physical(spec.input.as_deref().context("consuming stage without input")?);
+    let group = format!("{}-{}", config.kafka.group_prefix, name);
+    let mut source = KafkaSource::new(&config.kafka, stage.name(), &group, &input_topic)?;
+    let stage_runtime = runtime(config, codec, topics, &metrics, name);
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    tracing::info!(stage = name, consumer_group = %group, topic = %input_topic, "Stage started.");
+    let report = run_stage(stage.as_mut(), &mut source, &sink, &stage_runtime, RunUntil::Shutdown, shutdown).await?;
+    tracing::info!(stage = name, records_in = report.records_in, dead_letters = report.dead_letters, "Stage stopped.");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

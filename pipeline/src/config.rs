@@ -1,0 +1,414 @@
+//! Configuration: defaults, then a TOML file, then environment variables
+//! prefixed `BLAMELESS__` with `__` for nesting
+//! (`BLAMELESS__KAFKA__BROKERS=host:9092`). Secrets come from the environment
+//! or a file and never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// A secret value: prints as `[redacted]` in `Debug` and `Display`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub schema_registry: SchemaRegistryConfig,
+    pub metrics: MetricsConfig,
+    pub stage: StageConfig,
+    pub ingest: IngestConfig,
+    pub mask: MaskConfig,
+    pub window: WindowConfig,
+    pub ticket: TicketConfig,
+    pub archive: ArchiveConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            kafka: KafkaConfig::default(),
+            schema_registry: SchemaRegistryConfig::default(),
+            metrics: MetricsConfig::default(),
+            stage: StageConfig::default(),
+            ingest: IngestConfig::default(),
+            mask: MaskConfig::default(),
+            window: WindowConfig::default(),
+            ticket: TicketConfig::default(),
+            archive: ArchiveConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Prepended to every topic name of topology/, for sharing a cluster.
+    /// Default empty.
+    pub topic_prefix: String,
+    /// Prepended to every consumer group name instead of `blameless`.
+    /// Default `blameless`.
+    pub group_prefix: String,
+    /// Extra librdkafka client properties such as `security.protocol` or
+    /// `sasl.username`. Values are never logged.
+    pub client_properties: BTreeMap<String, Secret>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> KafkaConfig {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            group_prefix: "blameless".into(),
+            client_properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaRegistryConfig {
+    /// Confluent-compatible schema registry URL. When empty, records use the
+    /// Avro single-object encoding. Default empty.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address serving `/metrics` and `/health`. Default `127.0.0.1:9464`.
+    /// An empty value turns the server off.
+    pub address: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            address: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageConfig {
+    /// Most records a stage takes from its input before producing and
+    /// committing. Default 500.
+    pub batch_max_records: usize,
+    /// Longest a stage waits to fill a batch, in milliseconds. Default 200.
+    pub batch_max_wait_ms: u64,
+    /// Wall-clock tick that lets time-driven stages move on when no record
+    /// arrives, in milliseconds. Default 1000.
+    pub tick_ms: u64,
+}
+
+impl Default for StageConfig {
+    fn default() -> StageConfig {
+        StageConfig {
+            batch_max_records: 500,
+            batch_max_wait_ms: 200,
+            tick_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted payload, in bytes. Default 1048576.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            max_payload_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskConfig {
+    /// The HMAC-SHA-256 key for pseudonyms. Set it through
+    /// `BLAMELESS__MASK__KEY` or `key_file`; never commit it.
+    pub key: Secret,
+    /// A file holding the key (trailing whitespace is ignored).
+    pub key_file: Option<PathBuf>,
+    /// Id of the key, written with every masked record so a key rotation can
+    /// be told apart. Default `k1`.
+    pub key_id: String,
+}
+
+impl Default for MaskConfig {
+    fn default() -> MaskConfig {
+        MaskConfig {
+            key: Secret::default(),
+            key_file: None,
+            key_id: "k1".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Length of the sliding event-time window, in seconds. Default 300.
+    pub window_secs: u64,
+    /// Signals that open an incident, by event type, as a count within the
+    /// window. Default `call_failed = 50`, `service_level_failure = 3`,
+    /// `ivr_error = 50`.
+    pub thresholds: BTreeMap<String, u64>,
+    /// An incident is ticketed once it lasts longer than this, in seconds.
+    /// Default 600.
+    pub gate_min_duration_secs: u64,
+    /// Or once its failed contacts exceed this share of the service's
+    /// contacts over the same interval. Default 0.05.
+    pub gate_min_failure_share: f64,
+    /// An incident closes when no signal arrived for this long, in event-time
+    /// seconds. Default 300.
+    pub quiet_secs: u64,
+    /// How far events may arrive out of order, in seconds. Default 30.
+    pub out_of_orderness_secs: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> WindowConfig {
+        let thresholds = [
+            ("call_failed".to_string(), 50),
+            ("service_level_failure".to_string(), 3),
+            ("ivr_error".to_string(), 50),
+        ]
+        .into_iter()
+        .collect();
+        WindowConfig {
+            window_secs: 300,
+            thresholds,
+            gate_min_duration_secs: 600,
+            gate_min_failure_share: 0.05,
+            quiet_secs: 300,
+            out_of_orderness_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketConfig {
+    /// Where tickets go. Only `outbox` (one JSON file per ticket in
+    /// `outbox_dir`) exists so far. Default `outbox`.
+    pub sink: String,
+    /// Folder of the outbox sink. Default `out/tickets`.
+    pub outbox_dir: PathBuf,
+}
+
+impl Default for TicketConfig {
+    fn default() -> TicketConfig {
+        TicketConfig {
+            sink: "outbox".into(),
+            outbox_dir: PathBuf::from("out/tickets"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Hot tier: an object store URL (`file:///abs/path`, `s3://bucket/prefix`)
+    /// or a plain folder path. Default `out/archive/hot`.
+    pub url: String,
+    /// Cold tier, where each ticketed incident's events are copied and which
+    /// data_snapshot_url points into. Default `out/archive/cold`.
+    pub cold_url: String,
+    /// Events before the incident start and after its end that the snapshot
+    /// keeps, in seconds. Default 300.
+    pub snapshot_margin_secs: u64,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> ArchiveConfig {
+        ArchiveConfig {
+            url: "out/archive/hot".into(),
+            cold_url: "out/archive/cold".into(),
+            snapshot_margin_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Configuration is invalid: {0}")]
+    Invalid(String),
+    #[error("Could not read the mask key file {path}: {source}.")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` when given, then `BLAMELESS__` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "the file {} does not exist. Pass an existing TOML file with --config, or leave it out to use defaults and BLAMELESS__ variables",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("BLAMELESS__").split("__"));
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.resolve_secrets()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.mask.key_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+            self.mask.key = Secret::new(text.trim_end());
+        }
+        Ok(())
+    }
+
+    /// Checks the cross-field rules and reports every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.window.window_secs == 0 {
+            problems.push("window.window_secs is 0; set a window length in seconds such as 300".to_string());
+        }
+        for (event_type, count) in &self.window.thresholds {
+            if *count == 0 {
+                problems.push(format!(
+                    "window.thresholds.{event_type} is 0, which would open an incident on no signal; set 1 or more"
+                ));
+            }
+        }
+        let share = self.window.gate_min_failure_share;
+        if !(0.0..=1.0).contains(&share) {
+            problems.push(format!(
+                "window.gate_min_failure_share is {share}; it is a share between 0.0 and 1.0 such as 0.05"
+            ));
+        }
+        if self.ticket.sink != "outbox" {
+            problems.push(format!(
+                "ticket.sink is {:?}; the supported sink is \"outbox\"",
+                self.ticket.sink
+            ));
+        }
+        if self.stage.batch_max_records == 0 {
+            problems.push("stage.batch_max_records is 0; set 1 or more".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
+    }
+
+    /// The mask key, or an error that says how to set one.
+    pub fn mask_key(&self) -> Result<&Secret, ConfigError> {
+        if self.mask.key.is_empty() {
+            return Err(ConfigError::Invalid(
+                "mask.key is empty. Set BLAMELESS__MASK__KEY or mask.key_file to a secret of at least 16 characters".into(),
+            ));
+        }
+        if self.mask.key.expose().len() < 16 {
+            return Err(ConfigError::Invalid(
+                "mask.key is shorter than 16 characters. Use a random secret of at least 16 characters".into(),
+            ));
+        }
+        Ok(&self.mask.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let secret = Secret::new("hunter2-hunter2-hunter2");
+        assert_eq!(format!("{secret:?}"), "[redacted]");
+        assert_eq!(format!("{secret}"), "[redacted]");
+    }
+
+    #[test]
+    fn toml_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[window]\nwindow_secs = 120\n[window.thresholds]\ncall_failed = 7\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.window.window_secs, 120);
+        assert_eq!(config.window.thresholds["call_failed"], 7);
+        assert_eq!(config.window.quiet_secs, 300);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[window]\nwindow_sec = 120\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("window_sec"), "{error}");
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let mut config = Config::default();
+        config.window.window_secs = 0;
+        config.window.gate_min_failure_share = 5.0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.window_secs"), "{error}");
+        assert!(error.contains("gate_min_failure_share"), "{error}");
+    }
+
+    #[test]
+    fn short_mask_key_is_refused() {
+        let mut config = Config::default();
+        config.mask.key = Secret::new("short");
+        assert!(config.mask_key().is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! Blameless: a streaming pipeline on Apache Kafka that turns contact-center
+//! platform failures into masked telemetry, detected incidents, postmortem
+//! tickets and a tiered archive.
+
+pub mod app;
+pub mod codec;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod scrub;
+pub mod sources;
+pub mod stages;
+pub mod topology;
+pub mod transport;

@@ -1,0 +1,158 @@
+//! The `blameless` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use blameless::app;
+use blameless::config::Config;
+use blameless::topology::Topology;
+use blameless::transport::kafka::{apply_topology, TopicState};
+
+#[derive(Parser)]
+#[command(name = "blameless", version, about = "Turns contact-center platform failures into masked telemetry, incidents and postmortem tickets.")]
+struct Cli {
+    /// TOML configuration file; BLAMELESS__SECTION__KEY variables override it.
+    #[arg(long, global = true, env = "BLAMELESS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on an input file.
+    Run {
+        /// Run every stage in this process over an in-memory log, with no
+        /// external service.
+        #[arg(long)]
+        embedded: bool,
+        /// JSON Lines file, or a folder of .json files, of raw platform
+        /// payloads.
+        #[arg(long)]
+        input: PathBuf,
+        /// Folder for the archive and the ticket outbox (default `out`).
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Run one stage as a member of its consumer group on Kafka.
+    Stage {
+        /// ingest, normalize, mask, window, ticket or archive.
+        name: String,
+        /// Input of the ingest stage: JSON Lines or a folder of .json files.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// Manage the topics of topology/.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Create missing topics and report drift of existing ones.
+    Apply,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLAMELESS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,blameless=info"));
+    let json = std::env::var("BLAMELESS_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run { embedded, input, out } => {
+            if !embedded {
+                anyhow::bail!("`blameless run` needs --embedded; to run on Kafka, start each stage with `blameless stage NAME`");
+            }
+            apply_out_dir(&mut config, &out);
+            let report = app::run_embedded(&config, &input).await?;
+            print_report(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stage { name, input } => {
+            app::run_kafka_stage(&name, &config, input.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topology { action: TopologyAction::Apply } => {
+            let topology = Topology::load_default();
+            let report = apply_topology(&config.kafka, &topology, &config.kafka.topic_prefix).await?;
+            let mut drifted = false;
+            for (topic, state) in report {
+                match state {
+                    TopicState::Created => println!("created  {topic}"),
+                    TopicState::Matches => println!("ok       {topic}"),
+                    TopicState::Drifted(differences) => {
+                        drifted = true;
+                        println!("drift    {topic}: {}", differences.join("; "));
+                    }
+                }
+            }
+            Ok(if drifted { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+/// Places the archive and the outbox under `out` unless the configuration
+/// names them.
+fn apply_out_dir(config: &mut Config, out: &std::path::Path) {
+    let defaults = Config::default();
+    if config.archive.url == defaults.archive.url {
+        config.archive.url = out.join("archive/hot").display().to_string();
+    }
+    if config.archive.cold_url == defaults.archive.cold_url {
+        config.archive.cold_url = out.join("archive/cold").display().to_string();
+    }
+    if config.ticket.outbox_dir == defaults.ticket.outbox_dir {
+        config.ticket.outbox_dir = out.join("tickets");
+    }
+}
+
+fn print_report(report: &app::EmbeddedReport) {
+    println!("Events read:        {}", report.events_read);
+    println!("Normalized events:  {}", report.normalized);
+    println!("Masked events:      {}", report.masked);
+    println!("Rejected:           {}", report.dead_letters.len());
+    for letter in &report.dead_letters {
+        println!("  - {} at {}/{}/{}: {}", letter.stage, letter.source_topic, letter.source_partition, letter.source_offset, letter.reason);
+    }
+    println!("Incidents opened:   {}", report.incidents_opened.len());
+    for incident in &report.incidents_opened {
+        println!("  - {incident}");
+    }
+    println!("Incidents gated:    {}", report.incidents_gated);
+    println!("Tickets written:    {}", report.tickets_written.len());
+    for (status, url) in &report.tickets_written {
+        println!("  - {status}: {url}");
+    }
+    println!("Archive (hot):      {}", report.archive_url);
+    println!("Archive (cold):     {}", report.cold_url);
+    println!("Ticket outbox:      {}", report.outbox_dir.display());
+}

@@ -1,0 +1,131 @@
+//! Prometheus metrics of the stages, and the `/metrics` and `/health` server.
+
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub const RECORDS_IN: &str = "blameless_records_in_total";
+pub const RECORDS_OUT: &str = "blameless_records_out_total";
+pub const DEAD_LETTERS: &str = "blameless_dead_letters_total";
+pub const PROCESSING_SECONDS: &str = "blameless_batch_processing_seconds";
+pub const CONSUMER_LAG: &str = "blameless_consumer_lag_records";
+
+/// Every metric of a process, labelled by stage.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    records_in: IntCounterVec,
+    records_out: IntCounterVec,
+    dead_letters: IntCounterVec,
+    processing_seconds: HistogramVec,
+    consumer_lag: IntGaugeVec,
+}
+
+/// The metrics of one stage.
+#[derive(Clone)]
+pub struct StageMetrics {
+    pub records_in: IntCounter,
+    pub records_out: IntCounter,
+    pub dead_letters: IntCounter,
+    pub processing_seconds: Histogram,
+    pub consumer_lag: LagGauge,
+}
+
+/// Consumer lag of one stage, by topic and partition.
+#[derive(Clone)]
+pub struct LagGauge {
+    stage: String,
+    gauge: IntGaugeVec,
+}
+
+impl LagGauge {
+    pub fn with_label_values(&self, topic_partition: &[&str; 2]) -> prometheus::IntGauge {
+        self.gauge
+            .with_label_values(&[self.stage.as_str(), topic_partition[0], topic_partition[1]])
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let vec = IntCounterVec::new(Opts::new(name, help), &["stage"]).expect("valid counter");
+            registry.register(Box::new(vec.clone())).expect("unique counter");
+            vec
+        };
+        let records_in = counter(RECORDS_IN, "Records a stage read from its input.");
+        let records_out = counter(RECORDS_OUT, "Records a stage wrote to its output topics, acknowledged.");
+        let dead_letters = counter(DEAD_LETTERS, "Records a stage sent to the dead-letter topic.");
+        let processing_seconds = HistogramVec::new(
+            HistogramOpts::new(PROCESSING_SECONDS, "Time from polling a batch to committing it, in seconds."),
+            &["stage"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(processing_seconds.clone()))
+            .expect("unique histogram");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(CONSUMER_LAG, "Records between a stage's committed position and the end of the partition."),
+            &["stage", "topic", "partition"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(consumer_lag.clone())).expect("unique gauge");
+        Metrics {
+            registry,
+            records_in,
+            records_out,
+            dead_letters,
+            processing_seconds,
+            consumer_lag,
+        }
+    }
+
+    pub fn stage(&self, stage: &str) -> StageMetrics {
+        StageMetrics {
+            records_in: self.records_in.with_label_values(&[stage]),
+            records_out: self.records_out.with_label_values(&[stage]),
+            dead_letters: self.dead_letters.with_label_values(&[stage]),
+            processing_seconds: self.processing_seconds.with_label_values(&[stage]),
+            consumer_lag: LagGauge {
+                stage: stage.to_string(),
+                gauge: self.consumer_lag.clone(),
+            },
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = encoder.encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+/// Serves `/metrics` and `/health` on `address` until the process ends.
+pub async fn serve(address: &str, metrics: Metrics) -> anyhow::Result<()> {
+    let address: SocketAddr = address.parse().map_err(|e| {
+        anyhow::anyhow!("metrics.address {address:?} is not a socket address such as 127.0.0.1:9464: {e}")
+    })?;
+    let app = Router::new()
+        .route("/metrics", get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }))
+        .route("/health", get(|| async { "ok\n" }));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not listen on metrics.address {address}: {e}"))?;
+    tracing::info!(%address, "Serving metrics and health.");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Synthetic end-to-end checks of the systems behind the contact center
+//! (Datadog Synthetics and Pingdom webhooks) become `dependency_check` events
+//! under the checked dependency's name.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{derive_id, parse_time_ms, slug, text_field};
+use crate::model::{DependencyCheck, NormalizedEvent, RawEvent};
+
+pub fn normalize_datadog(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
+    let title = text_field(payload, "title").unwrap_or_default();
+    let name = strip_title_tags(&title);
+    if name.is_empty() {
+        return Err("Datadog webhook has no title naming the checked dependency".into());
+    }
+    let transition = payload
+        .get("alert")
+        .and_then(|alert| text_field(alert, "alert_transition"))
+        .ok_or("Datadog webhook has no alert.alert_transition (Triggered, Recovered, ...)")?;
+    let ok = matches!(transition.as_str(), "Recovered" | "Resolved");
+    let time = payload
+        .get("date")
+        .or_else(|| payload.get("last_updated"))
+        .ok_or("Datadog webhook has neither date nor last_updated")?;
+    let event_time_ms = parse_time_ms(time).map_err(|e| format!("Datadog webhook date: {e}"))?;
+    let id = text_field(payload, "id").unwrap_or_else(|| raw.event_id.clone());
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert("alert_transition".to_string(), transition);
+    if let Some(event_type) = text_field(payload, "event_type") {
+        attributes.insert("datadog_event_type".to_string(), event_type);
+    }
+    Ok(vec![dependency_event(
+        raw,
+        "datadog_synthetics",
+        &id,
+        &name,
+        ok,
+        None,
+        event_time_ms,
+        attributes,
+    )])
+}
+
+pub fn normalize_pingdom(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
+    let name = text_field(payload, "check_name")
+        .or_else(|| text_field(payload, "check_id"))
+        .ok_or("Pingdom webhook has neither check_name nor check_id")?;
+    let state = text_field(payload, "current_state").ok_or("Pingdom webhook has no current_state")?;
+    let event_time_ms = match payload.get("state_changed_timestamp") {
+        // Pingdom sends epoch seconds here.
+        Some(Value::Number(seconds)) => seconds.as_i64().map(|s| s * 1000).ok_or_else(|| {
+            format!("Pingdom state_changed_timestamp {seconds} is not whole epoch seconds")
+        })?,
+        _ => {
+            let utc = payload.get("state_changed_utc_time").ok_or(
+                "Pingdom webhook has neither state_changed_timestamp nor state_changed_utc_time",
+            )?;
+            parse_time_ms(utc).map_err(|e| format!("Pingdom state_changed_utc_time: {e}"))?
+        }
+    };
+    let location = payload
+        .get("first_probe")
+        .and_then(|probe| text_field(probe, "location"));
+    let check_id = text_field(payload, "check_id").unwrap_or_default();
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert("check_state".to_string(), state.clone());
+    if let Some(previous) = text_field(payload, "previous_state") {
+        attributes.insert("previous_state".to_string(), previous);
+    }
+    if let Some(check_type) = text_field(payload, "check_type") {
+        attributes.insert("check_type".to_string(), check_type);
+    }
+    let mut event = dependency_event(
+        raw,
+        "pingdom",
+        &format!("{check_id}:{event_time_ms}"),
+        &name,
+        state.eq_ignore_ascii_case("UP"),
+        location,
+        event_time_ms,
+        attributes,
+    );
+    event.message = text_field(payload, "description");
+    Ok(vec![event])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dependency_event(
+    raw: &RawEvent,
+    platform: &str,
+    source_id: &str,
+    name: &str,
+    ok: bool,
+    location: Option<String>,
+    event_time_ms: i64,
+    attributes: BTreeMap<String, String>,
+) -> NormalizedEvent {
+    NormalizedEvent {
+        event_id: derive_id(&[platform, source_id, &event_time_ms.to_string()]),
+        event_type: "dependency_check".to_string(),
+        platform_source: platform.to_string(),
+        delivery: raw.delivery.clone(),
+        event_time_ms,
+        received_at_ms: raw.received_at_ms,
+        affected_service: format!("dependency_{}", slug(name)),
+        conversation_id: None,
+        touchpoint: Some("api".to_string()),
+        agent_id: None,
+        phone_number: None,
+        customer_id: None,
+        failed_contacts: i64::from(!ok),
+        total_contacts: 1,
+        dependency: Some(DependencyCheck {
+            name: name.to_string(),
+            ok,
+            http_status: None,
+            location: location.clone(),
+        }),
+        attributes,
+        message: None,
+    }
+}
+
+/// "[P3] [Triggered] [Synthetics] CRM login" -> "CRM login".
+fn strip_title_tags(title: &str) -> String {
+    let mut rest = title.trim();
+    while rest.starts_with('[') {
+        match rest.find(']') {
+            Some(end) => rest = rest[end + 1..].trim_start(),
+            None => break,
+        }
+    }
+    rest.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/synthetics/");
+
+    fn raw() -> RawEvent {
+        RawEvent {
+            event_id: "s1".into(),
+            source: "pingdom".into(),
+            delivery: "webhook".into(),
+            received_at_ms: 0,
+            interval_start_ms: None,
+            interval_end_ms: None,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pingdom_down_is_failed_check() {
+        let text = std::fs::read_to_string(format!("{FIXTURES}pingdom-webhook-doc-example-http-up-to-down.json")).unwrap();
+        let event = normalize_pingdom(&raw(), &serde_json::from_str(&text).unwrap()).unwrap().remove(0);
+        let dependency = event.dependency.unwrap();
+        assert!(!dependency.ok);
+        assert_eq!(dependency.location.as_deref(), Some("Stockholm, Sweden"));
+        assert_eq!(event.event_time_ms, 1_451_610_061_000);
+        assert_eq!(event.affected_service, "dependency_name_of_http_check");
+    }
+
+    #[test]
+    fn datadog_triggered_is_failed_check() {
+        let text = std::fs::read_to_string(format!("{FIXTURES}datadog-webhook-synthetics-alert-triggered-null-incident.json")).unwrap();
+        let event = normalize_datadog(&raw(), &serde_json::from_str(&text).unwrap()).unwrap().remove(0);
+        let dependency = event.dependency.unwrap();
+        assert_eq!(dependency.name, "RMC - A monitor that always fails");
+        assert!(!dependency.ok);
+        assert_eq!(event.event_time_ms, 1_773_489_470_000);
+    }
+}

@@ -1,0 +1,184 @@
+//! Ingest: reads platform payloads as delivered (JSON Lines, or a folder of
+//! `.json` files) and writes each to `raw-events` with its source, delivery
+//! path and receive time. It keeps the bytes exactly as delivered, even when
+//! they are not valid JSON: the normalize stage judges them, so nothing is
+//! lost here.
+//!
+//! A line may also be a capture record, `{"capture": {...}, "payload": {...}}`,
+//! which is how a poller records what it fetched: `capture.delivery`,
+//! `capture.received_at` and the polled `capture.interval_start` and
+//! `capture.interval_end` (ISO-8601) travel with the payload.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::model::RawEvent;
+use crate::sources::{self, derive_id, parse_time_ms, text_field};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("Could not read input {path}: {source}. Pass a JSON Lines file or a folder of .json files.")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+/// One delivered payload and where it was read from.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// `file:line` or the file name, for messages.
+    pub origin: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Reads every payload from a JSON Lines file or a folder of `.json` files
+/// (each file one payload), in name order. Blank lines are skipped.
+pub fn read_input(path: &Path) -> Result<Vec<Delivered>, IngestError> {
+    let read_error = |source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(read_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "json" || ext == "jsonl"))
+            .collect();
+        files.sort();
+        let mut all = Vec::new();
+        for file in files {
+            if file.extension().is_some_and(|ext| ext == "jsonl") {
+                all.extend(read_input(&file)?);
+            } else {
+                let bytes = std::fs::read(&file).map_err(|source| IngestError::Read {
+                    path: file.clone(),
+                    source,
+                })?;
+                all.push(Delivered {
+                    origin: file.display().to_string(),
+                    bytes,
+                });
+            }
+        }
+        return Ok(all);
+    }
+    let bytes = std::fs::read(path).map_err(read_error)?;
+    Ok(split_lines(&bytes, &path.display().to_string()))
+}
+
+/// Splits JSON Lines into payloads, skipping blank lines.
+pub fn split_lines(bytes: &[u8], origin: &str) -> Vec<Delivered> {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .map(|(index, line)| Delivered {
+            origin: format!("{origin}:{}", index + 1),
+            bytes: line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
+        })
+        .collect()
+}
+
+/// The raw event of one delivered payload, and its key on `raw-events`.
+pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawEvent) {
+    let parsed: Option<Value> = serde_json::from_slice(&delivered.bytes).ok();
+    let (payload_value, capture) = match parsed {
+        Some(Value::Object(mut object)) if object.contains_key("capture") && object.contains_key("payload") => {
+            let capture = object.remove("capture");
+            (object.remove("payload"), capture)
+        }
+        other => (other, None),
+    };
+
+    let source = payload_value
+        .as_ref()
+        .map_or(sources::Source::Unknown, sources::recognize);
+    let payload = match (&capture, &payload_value) {
+        (Some(_), Some(value)) => serde_json::to_vec(value).unwrap_or_default(),
+        _ => delivered.bytes.clone(),
+    };
+    let capture_time = |field: &str| {
+        capture
+            .as_ref()
+            .and_then(|c| c.get(field))
+            .and_then(|v| parse_time_ms(v).ok())
+    };
+    let delivery = capture
+        .as_ref()
+        .and_then(|c| text_field(c, "delivery"))
+        .unwrap_or_else(|| source.delivery().to_string());
+
+    let source_id = payload_value.as_ref().and_then(|v| {
+        text_field(v, "id").or_else(|| v.get("metadata").and_then(|m| text_field(m, "CorrelationId")))
+    });
+    let event_id = source_id.unwrap_or_else(|| derive_id(&[&String::from_utf8_lossy(&payload)]));
+    let conversation_id = payload_value.as_ref().and_then(|v| {
+        v.get("detail")
+            .unwrap_or(v)
+            .get("eventBody")
+            .and_then(|body| text_field(body, "conversationId"))
+    });
+    let key = conversation_id.unwrap_or_else(|| event_id.clone());
+
+    let raw = RawEvent {
+        event_id,
+        source: source.name().to_string(),
+        delivery,
+        received_at_ms: capture_time("received_at").unwrap_or(received_at_ms),
+        interval_start_ms: capture_time("interval_start"),
+        interval_end_ms: capture_time("interval_end"),
+        payload,
+    };
+    (key, raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(text: &str) -> Delivered {
+        Delivered {
+            origin: "test:1".into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn eventbridge_is_keyed_by_conversation() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/genesys/eventbridge-detail-customer-end-voice.json"
+        ))
+        .unwrap();
+        let (key, raw) = to_raw_event(&delivered(&text), 7);
+        assert_eq!(key, "742de705-5d49-54cc-b0fd-1964c9db694c");
+        assert_eq!(raw.source, "genesys");
+        assert_eq!(raw.delivery, "eventbridge");
+        assert_eq!(raw.payload, text.as_bytes());
+        assert_eq!(raw.received_at_ms, 7);
+    }
+
+    #[test]
+    fn capture_record_carries_interval() {
+        let text = r#"{"capture":{"delivery":"nice_reporting_poll","received_at":"2025-12-12T14:01:02Z","interval_start":"2025-12-12T14:00:00Z","interval_end":"2025-12-12T14:01:00Z"},"payload":{"skillSummaries":[]}}"#;
+        let (_, raw) = to_raw_event(&delivered(text), 7);
+        assert_eq!(raw.source, "nice");
+        assert_eq!(raw.interval_end_ms, Some(1_765_548_060_000));
+        assert_eq!(raw.received_at_ms, 1_765_548_062_000);
+        assert_eq!(raw.payload, br#"{"skillSummaries":[]}"#);
+    }
+
+    #[test]
+    fn invalid_json_is_kept_as_delivered() {
+        let (_, raw) = to_raw_event(&delivered("{\"detail\": {"), 7);
+        assert_eq!(raw.source, "unknown");
+        assert_eq!(raw.payload, b"{\"detail\": {");
+    }
+
+    #[test]
+    fn blank_lines_are_skipped() {
+        let lines = split_lines(b"{}\n\n  \n{}\r\n", "f");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].origin, "f:4");
+        assert_eq!(lines[1].bytes, b"{}");
+    }
+}

@@ -1,0 +1,573 @@
+//! Window: reads `masked`, writes incident state changes to
+//! `windowed-incidents`, keyed by incident id.
+//!
+//! Per affected service it keeps the signals (failure events whose type has
+//! a threshold) and the contact volume of a sliding event-time window. When
+//! one signal type reaches its threshold within the window, an incident
+//! opens; it starts at the first signal of the breaching window, and its id
+//! is derived from the service and that start, so a replay yields the same
+//! id. The postmortem gate passes when the incident lasts longer than the
+//! minimum duration or its failed contacts exceed the minimum share of the
+//! service's contacts since the start. It closes once event time passes the
+//! last signal by the quiet period.
+//!
+//! Time: each partition's clock is its highest event time; the stage's
+//! watermark is the lowest clock of the partitions that had records within
+//! the idle timeout, minus the allowed out-of-orderness. When every partition
+//! is idle, the wall-clock tick moves the watermark on, so incidents close at
+//! night.
+//!
+//! Delivery: the state lives in memory. Offsets are committed only up to the
+//! oldest record still held in state (see `commit_floor`), so a restart
+//! rebuilds the state by reading those records again; incident records may
+//! then repeat with the same ids, which the ticket stage absorbs.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::config::WindowConfig;
+use crate::model::{DependencyStatus, IncidentEvent, MaskedEvent, Record, RecordKind};
+use crate::topology::WINDOWED_INCIDENTS;
+use crate::transport::{Decoded, Emit, Outcome, Reject, Stage, TransportError};
+
+/// The incident rules, in milliseconds.
+#[derive(Debug, Clone)]
+pub struct WindowRules {
+    pub window_ms: i64,
+    pub thresholds: BTreeMap<String, u64>,
+    pub gate_min_duration_ms: i64,
+    pub gate_min_failure_share: f64,
+    pub quiet_ms: i64,
+    pub out_of_orderness_ms: i64,
+    pub idle_timeout_ms: i64,
+}
+
+impl From<&WindowConfig> for WindowRules {
+    fn from(config: &WindowConfig) -> WindowRules {
+        let mut thresholds = config.thresholds.clone();
+        thresholds.entry("dependency_check".into()).or_insert(1);
+        WindowRules {
+            window_ms: config.window_secs as i64 * 1000,
+            thresholds,
+            gate_min_duration_ms: config.gate_min_duration_secs as i64 * 1000,
+            gate_min_failure_share: config.gate_min_failure_share,
+            quiet_ms: config.quiet_secs as i64 * 1000,
+            out_of_orderness_ms: config.out_of_orderness_secs as i64 * 1000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// Where a record sits in the input, for the commit floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Origin {
+    partition: i32,
+    offset: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    time_ms: i64,
+    failed: i64,
+    total: i64,
+    origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+struct OpenIncident {
+    id: String,
+    signal_type: String,
+    platform_source: String,
+    start_ms: i64,
+    last_signal_ms: i64,
+    failed: i64,
+    total: i64,
+    threshold: u64,
+    gated: bool,
+    gate_reason: Option<String>,
+    first_origin: Origin,
+}
+
+#[derive(Debug, Default)]
+struct ServiceState {
+    /// Signal times by signal type, within the window.
+    signals: BTreeMap<String, VecDeque<Sample>>,
+    /// Every event carrying contacts, within the window.
+    volume: VecDeque<Sample>,
+    clock_ms: i64,
+    open: Option<OpenIncident>,
+}
+
+/// The incident detector: plain logic over masked events.
+pub struct Detector {
+    rules: WindowRules,
+    services: HashMap<String, ServiceState>,
+    partition_clocks: BTreeMap<i32, (i64, Instant)>,
+    dependencies: BTreeMap<String, DependencyStatus>,
+    last_record: Option<(i64, Instant)>,
+}
+
+impl Detector {
+    pub fn new(rules: WindowRules) -> Detector {
+        Detector {
+            rules,
+            services: HashMap::new(),
+            partition_clocks: BTreeMap::new(),
+            dependencies: BTreeMap::new(),
+            last_record: None,
+        }
+    }
+
+    /// Adds one event; returns the incident changes it causes.
+    pub fn observe(&mut self, event: &MaskedEvent, partition: i32, offset: i64) -> Vec<IncidentEvent> {
+        let origin = Origin { partition, offset };
+        let time = event.event_time_ms;
+        let now = Instant::now();
+        let clock = self.partition_clocks.entry(partition).or_insert((time, now));
+        *clock = (clock.0.max(time), now);
+        let latest = self.last_record.map_or(time, |(t, _)| t.max(time));
+        self.last_record = Some((latest, now));
+
+        if let Some(check) = &event.dependency {
+            let status = DependencyStatus {
+                name: check.name.clone(),
+                status: if check.ok { "ok" } else { "failed" }.to_string(),
+                checked_at_ms: time,
+            };
+            let newer = self
+                .dependencies
+                .get(&check.name)
+                .is_none_or(|known| known.checked_at_ms <= time);
+            if newer {
+                self.dependencies.insert(check.name.clone(), status);
+            }
+        }
+
+        let rules = self.rules.clone();
+        let dependencies: Vec<DependencyStatus> = self.dependencies.values().cloned().collect();
+        let state = self.services.entry(event.affected_service.clone()).or_default();
+        state.clock_ms = state.clock_ms.max(time);
+        let sample = Sample {
+            time_ms: time,
+            failed: event.failed_contacts,
+            total: event.total_contacts,
+            origin,
+        };
+        if event.total_contacts > 0 || event.failed_contacts > 0 {
+            state.volume.push_back(sample.clone());
+        }
+        let is_signal = event.failed_contacts > 0 && rules.thresholds.contains_key(&event.event_type);
+        if is_signal {
+            state
+                .signals
+                .entry(event.event_type.clone())
+                .or_default()
+                .push_back(sample.clone());
+        }
+        evict(state, &rules);
+
+        let mut changes = Vec::new();
+        if let Some(open) = state.open.as_mut() {
+            if time >= open.start_ms {
+                open.failed += event.failed_contacts;
+                open.total += event.total_contacts;
+            }
+            if is_signal && event.event_type == open.signal_type {
+                open.last_signal_ms = open.last_signal_ms.max(time);
+            }
+            if !open.gated && gate(open, &rules) {
+                changes.push(incident_event(&event.affected_service, open, "gated", None, &rules, &dependencies));
+            }
+        } else if let Some(signals) = state.signals.get(&event.event_type).filter(|_| is_signal) {
+            // A late signal may already be outside the window, and then it
+            // has been evicted with its entry.
+            let threshold = rules.thresholds[&event.event_type];
+            if signals.len() as u64 >= threshold {
+                let first = signals.iter().min_by_key(|s| s.time_ms).expect("signals reached a threshold of 1 or more");
+                let start_ms = first.time_ms;
+                let (failed, total) = state
+                    .volume
+                    .iter()
+                    .filter(|s| s.time_ms >= start_ms)
+                    .fold((0, 0), |(f, t), s| (f + s.failed, t + s.total));
+                let first_origin = state
+                    .volume
+                    .iter()
+                    .filter(|s| s.time_ms >= start_ms)
+                    .map(|s| s.origin)
+                    .min_by_key(|o| o.offset)
+                    .unwrap_or(first.origin);
+                let mut open = OpenIncident {
+                    id: incident_id(&event.affected_service, start_ms),
+                    signal_type: event.event_type.clone(),
+                    platform_source: event.platform_source.clone(),
+                    start_ms,
+                    last_signal_ms: signals.iter().map(|s| s.time_ms).max().unwrap_or(time),
+                    failed,
+                    total,
+                    threshold,
+                    gated: false,
+                    gate_reason: None,
+                    first_origin,
+                };
+                changes.push(incident_event(&event.affected_service, &open, "opened", None, &rules, &dependencies));
+                if gate(&mut open, &rules) {
+                    changes.push(incident_event(&event.affected_service, &open, "gated", None, &rules, &dependencies));
+                }
+                state.open = Some(open);
+            }
+        }
+        changes.extend(self.close_quiet(self.watermark()));
+        changes
+    }
+
+    /// The stage's event-time watermark, or `None` before any record.
+    pub fn watermark(&self) -> Option<i64> {
+        let (latest, last_seen) = self.last_record?;
+        let idle_ms = self.rules.idle_timeout_ms as u128;
+        let active: Vec<i64> = self
+            .partition_clocks
+            .values()
+            .filter(|(_, seen)| seen.elapsed().as_millis() < idle_ms)
+            .map(|(clock, _)| *clock)
+            .collect();
+        match active.iter().min() {
+            Some(min) => Some(min - self.rules.out_of_orderness_ms),
+            // Every partition is idle: move on with the wall clock.
+            None => Some(latest + last_seen.elapsed().as_millis() as i64),
+        }
+    }
+
+    /// Closes every open incident whose last signal is older than the quiet
+    /// period at `watermark`.
+    pub fn close_quiet(&mut self, watermark: Option<i64>) -> Vec<IncidentEvent> {
+        let Some(watermark) = watermark else {
+            return Vec::new();
+        };
+        let quiet = self.rules.quiet_ms;
+        self.close_where(|open| watermark > open.last_signal_ms + quiet)
+    }
+
+    /// Closes every open incident at its last signal: the end of a finite
+    /// input.
+    pub fn close_all(&mut self) -> Vec<IncidentEvent> {
+        self.close_where(|_| true)
+    }
+
+    fn close_where(&mut self, should_close: impl Fn(&OpenIncident) -> bool) -> Vec<IncidentEvent> {
+        let dependencies: Vec<DependencyStatus> = self.dependencies.values().cloned().collect();
+        let mut closed = Vec::new();
+        for (service, state) in &mut self.services {
+            if state.open.as_ref().is_some_and(&should_close) {
+                let open = state.open.take().expect("checked above");
+                let end = Some(open.last_signal_ms);
+                closed.push(incident_event(service, &open, "closed", end, &self.rules, &dependencies));
+            }
+        }
+        closed.sort_by(|a, b| a.incident_id.cmp(&b.incident_id));
+        closed
+    }
+
+    /// The lowest offset of `partition` still held in state.
+    pub fn floor(&self, partition: i32) -> Option<i64> {
+        self.services
+            .values()
+            .flat_map(|state| {
+                let open = state.open.as_ref().map(|o| o.first_origin);
+                let held = state.volume.iter().chain(state.signals.values().flatten()).map(|s| s.origin);
+                open.into_iter().chain(held)
+            })
+            .filter(|origin| origin.partition == partition)
+            .map(|origin| origin.offset)
+            .min()
+    }
+}
+
+fn evict(state: &mut ServiceState, rules: &WindowRules) {
+    let horizon = state.clock_ms - rules.window_ms;
+    let keep_from = state.open.as_ref().map_or(horizon, |open| horizon.min(open.start_ms));
+    state.volume.retain(|s| s.time_ms > keep_from);
+    for samples in state.signals.values_mut() {
+        samples.retain(|s| s.time_ms > horizon);
+    }
+    state.signals.retain(|_, samples| !samples.is_empty());
+}
+
+/// Checks the postmortem gate; records the reason when it passes.
+fn gate(open: &mut OpenIncident, rules: &WindowRules) -> bool {
+    if open.gated {
+        return true;
+    }
+    let duration = open.last_signal_ms - open.start_ms;
+    let share = share(open.failed, open.total);
+    let reason = if duration > rules.gate_min_duration_ms {
+        Some(format!("lasted {} s, longer than {} s", duration / 1000, rules.gate_min_duration_ms / 1000))
+    } else if share > rules.gate_min_failure_share {
+        Some(format!(
+            "{:.1}% of contacts failed, more than {:.1}%",
+            share * 100.0,
+            rules.gate_min_failure_share * 100.0
+        ))
+    } else {
+        None
+    };
+    open.gated = reason.is_some();
+    open.gate_reason = reason;
+    open.gated
+}
+
+fn share(failed: i64, total: i64) -> f64 {
+    if total <= 0 {
+        if failed > 0 { 1.0 } else { 0.0 }
+    } else {
+        failed as f64 / total as f64
+    }
+}
+
+/// sev1 when half or more of the contacts failed, sev2 from a fifth, sev3
+/// from the gate's share, sev4 below.
+pub fn severity(failed: i64, total: i64, gate_share: f64) -> &'static str {
+    let share = share(failed, total);
+    if share >= 0.5 {
+        "sev1"
+    } else if share >= 0.2 {
+        "sev2"
+    } else if share >= gate_share {
+        "sev3"
+    } else {
+        "sev4"
+    }
+}
+
+/// The incident id: a UUID (version 5) of the service and the start.
+pub fn incident_id(service: &str, start_ms: i64) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("blameless:incident:{service}:{start_ms}").as_bytes()).to_string()
+}
+
+fn incident_event(
+    service: &str,
+    open: &OpenIncident,
+    change: &str,
+    end_ms: Option<i64>,
+    rules: &WindowRules,
+    dependencies: &[DependencyStatus],
+) -> IncidentEvent {
+    let incident_type = if open.signal_type == "dependency_check" {
+        "downstream_dependency"
+    } else {
+        "platform_outage"
+    };
+    IncidentEvent {
+        incident_id: open.id.clone(),
+        change: change.to_string(),
+        incident_type: incident_type.to_string(),
+        severity: severity(open.failed, open.total, rules.gate_min_failure_share).to_string(),
+        affected_service: service.to_string(),
+        platform_source: open.platform_source.clone(),
+        signal_type: open.signal_type.clone(),
+        timestamp_start_ms: open.start_ms,
+        timestamp_end_ms: end_ms,
+        last_signal_ms: open.last_signal_ms,
+        failed_contacts: open.failed,
+        total_contacts: open.total,
+        threshold_count: open.threshold as i64,
+        window_ms: rules.window_ms,
+        gated: open.gated,
+        gate_reason: open.gate_reason.clone(),
+        dependencies: dependencies.to_vec(),
+    }
+}
+
+pub struct WindowStage {
+    detector: Detector,
+}
+
+impl WindowStage {
+    pub fn new(rules: WindowRules) -> WindowStage {
+        WindowStage {
+            detector: Detector::new(rules),
+        }
+    }
+
+    fn emits(changes: Vec<IncidentEvent>) -> Vec<Emit> {
+        changes
+            .into_iter()
+            .map(|incident| {
+                tracing::info!(
+                    stage = "window",
+                    incident_id = %incident.incident_id,
+                    change = %incident.change,
+                    affected_service = %incident.affected_service,
+                    "Incident changed."
+                );
+                Emit {
+                    topic: WINDOWED_INCIDENTS,
+                    key: incident.incident_id.clone(),
+                    record: Record::Incident(incident),
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Stage for WindowStage {
+    fn name(&self) -> &'static str {
+        "window"
+    }
+
+    fn input_kind(&self) -> RecordKind {
+        RecordKind::Masked
+    }
+
+    async fn process(&mut self, batch: Vec<Decoded>) -> Result<Vec<Outcome>, TransportError> {
+        Ok(batch
+            .into_iter()
+            .map(|decoded| match &decoded.record {
+                Record::Masked(event) => {
+                    let changes = self.detector.observe(event, decoded.position.partition, decoded.position.offset);
+                    Ok(Self::emits(changes))
+                }
+                _ => Err(Reject::new("window reads masked events only")),
+            })
+            .collect())
+    }
+
+    async fn tick(&mut self, _now_ms: i64) -> Result<Vec<Emit>, TransportError> {
+        let watermark = self.detector.watermark();
+        Ok(Self::emits(self.detector.close_quiet(watermark)))
+    }
+
+    async fn finish(&mut self) -> Result<Vec<Emit>, TransportError> {
+        Ok(Self::emits(self.detector.close_all()))
+    }
+
+    fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
+        self.detector.floor(partition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> WindowRules {
+        WindowRules::from(&WindowConfig::default())
+    }
+
+    fn event(service: &str, event_type: &str, time_ms: i64) -> MaskedEvent {
+        let failed = i64::from(event_type == "call_failed");
+        MaskedEvent {
+            event_id: format!("{service}-{time_ms}"),
+            event_type: event_type.into(),
+            platform_source: "genesys_cloud_cx".into(),
+            delivery: "eventbridge".into(),
+            event_time_ms: time_ms,
+            received_at_ms: time_ms,
+            affected_service: service.into(),
+            conversation_id: None,
+            touchpoint: None,
+            agent_pseudonym: None,
+            phone_pseudonym: None,
+            customer_pseudonym: None,
+            mask_key_id: "k1".into(),
+            failed_contacts: failed,
+            total_contacts: 1,
+            dependency: None,
+            attributes: BTreeMap::new(),
+            message: None,
+        }
+    }
+
+    fn feed(detector: &mut Detector, events: &[MaskedEvent]) -> Vec<IncidentEvent> {
+        events
+            .iter()
+            .enumerate()
+            .flat_map(|(i, e)| detector.observe(e, 0, i as i64))
+            .collect()
+    }
+
+    /// `failures` failed calls one second apart, plus `completed` completed
+    /// calls in the same span.
+    fn burst(failures: i64, completed: i64) -> Vec<MaskedEvent> {
+        let mut events: Vec<MaskedEvent> = (0..failures).map(|i| event("voice_inbound", "call_failed", i * 1000)).collect();
+        events.extend((0..completed).map(|i| event("voice_inbound", "call_completed", i * 10)));
+        events.sort_by_key(|e| e.event_time_ms);
+        events
+    }
+
+    #[test]
+    fn forty_nine_failures_open_nothing() {
+        let mut detector = Detector::new(rules());
+        assert!(feed(&mut detector, &burst(49, 0)).is_empty());
+    }
+
+    #[test]
+    fn fifty_failures_open_an_incident() {
+        let mut detector = Detector::new(rules());
+        let changes = feed(&mut detector, &burst(50, 0));
+        assert_eq!(changes[0].change, "opened");
+        assert_eq!(changes[0].timestamp_start_ms, 0);
+        assert_eq!(changes[0].incident_id, incident_id("voice_inbound", 0));
+    }
+
+    #[test]
+    fn failures_spread_beyond_window_open_nothing() {
+        let mut detector = Detector::new(rules());
+        let events: Vec<_> = (0..60).map(|i| event("voice_inbound", "call_failed", i * 7_000)).collect();
+        assert!(feed(&mut detector, &events).is_empty());
+    }
+
+    #[test]
+    fn share_over_five_percent_gates_at_once() {
+        let mut detector = Detector::new(rules());
+        // 50 failed out of 50 + 900 calls: 5.3%.
+        let changes = feed(&mut detector, &burst(50, 900));
+        let kinds: Vec<&str> = changes.iter().map(|c| c.change.as_str()).collect();
+        assert_eq!(kinds, ["opened", "gated"]);
+    }
+
+    #[test]
+    fn share_at_five_percent_does_not_gate() {
+        let mut detector = Detector::new(rules());
+        // 50 failed out of 50 + 950 calls: exactly 5.0%.
+        let changes = feed(&mut detector, &burst(50, 950));
+        let kinds: Vec<&str> = changes.iter().map(|c| c.change.as_str()).collect();
+        assert_eq!(kinds, ["opened"]);
+    }
+
+    #[test]
+    fn long_incident_gates_after_ten_minutes() {
+        let mut detector = Detector::new(rules());
+        // A low-share outage: 50 failures open it, then one failure every
+        // 30 s among many completed calls keeps it open past 10 minutes.
+        let mut events = burst(50, 2000);
+        for i in 0..25 {
+            events.push(event("voice_inbound", "call_failed", 50_000 + i * 30_000));
+        }
+        let changes = feed(&mut detector, &events);
+        let gated = changes.iter().find(|c| c.change == "gated").expect("gated");
+        assert!(gated.gate_reason.as_deref().unwrap().starts_with("lasted"));
+        assert!(gated.last_signal_ms - gated.timestamp_start_ms > 600_000);
+    }
+
+    #[test]
+    fn quiet_period_closes_incident() {
+        let mut detector = Detector::new(rules());
+        feed(&mut detector, &burst(50, 0));
+        let closed = detector.close_quiet(Some(49_000 + 300_001));
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].change, "closed");
+        assert_eq!(closed[0].timestamp_end_ms, Some(49_000));
+    }
+
+    #[test]
+    fn floor_holds_offsets_of_window() {
+        let mut detector = Detector::new(rules());
+        feed(&mut detector, &burst(10, 0));
+        assert_eq!(detector.floor(0), Some(0));
+        assert_eq!(detector.floor(1), None);
+    }
+}

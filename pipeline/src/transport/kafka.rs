@@ -1,0 +1,323 @@
+//! The Kafka transport: a consumer-group member with manual commits and an
+//! idempotent producer that waits for every acknowledgement.
+//!
+//! Offsets are committed by `run_stage` after the batch's outputs are
+//! acknowledged (`enable.auto.commit=false`). A rebalance is served only
+//! inside `poll`, between batches, so no work is in flight for a revoked
+//! partition and no offset of a partition the member no longer owns is
+//! stored. A commit that fails (for example right after a rebalance) is
+//! logged and not fatal: the records are delivered again, at least once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{InRecord, OutRecord, RecordSink, RecordSource, TransportError};
+use crate::config::KafkaConfig;
+
+/// The client settings every Blameless client shares.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (name, value) in &kafka.client_properties {
+        config.set(name, value.expose());
+    }
+    let names: Vec<&String> = kafka.client_properties.keys().collect();
+    if !names.is_empty() {
+        tracing::debug!(properties = ?names, "Extra Kafka client properties set.");
+    }
+    config
+}
+
+fn kafka_error(operation: &'static str) -> impl Fn(KafkaError) -> TransportError {
+    move |e| TransportError::Kafka {
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+/// Logs partition assignment changes of a stage's consumer.
+pub struct StageContext {
+    stage: &'static str,
+}
+
+impl ClientContext for StageContext {}
+
+impl ConsumerContext for StageContext {
+    fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(stage = self.stage, partitions = partitions.count(), "Partitions assigned.");
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(stage = self.stage, partitions = partitions.count(), "Partitions revoked.");
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(stage = self.stage, error = %error, "Rebalance failed.");
+            }
+        }
+    }
+}
+
+/// A member of the stage's consumer group on its input topic.
+pub struct KafkaSource {
+    consumer: StreamConsumer<StageContext>,
+    topic: String,
+    /// High watermarks by partition, refreshed at most every
+    /// `WATERMARK_REFRESH`, for the lag gauge.
+    high_watermarks: Mutex<HashMap<(String, i32), (i64, Instant)>>,
+}
+
+const WATERMARK_REFRESH: Duration = Duration::from_secs(10);
+
+impl KafkaSource {
+    pub fn new(kafka: &KafkaConfig, stage: &'static str, group: &str, topic: &str) -> Result<KafkaSource, TransportError> {
+        let consumer: StreamConsumer<StageContext> = client_config(kafka)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(StageContext { stage })
+            .map_err(kafka_error("consumer create"))?;
+        consumer.subscribe(&[topic]).map_err(kafka_error("subscribe"))?;
+        Ok(KafkaSource {
+            consumer,
+            topic: topic.to_string(),
+            high_watermarks: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+fn to_in_record(message: &rdkafka::message::BorrowedMessage<'_>) -> InRecord {
+    InRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
+}
+
+#[async_trait]
+impl RecordSource for KafkaSource {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<InRecord>, TransportError> {
+        let mut batch = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < max {
+            // Cancel safe: a message that `recv` has not returned stays in
+            // the consumer's queue.
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(to_in_record(&message)),
+                Ok(Err(error)) => {
+                    tracing::warn!(topic = %self.topic, error = %error, "Kafka consumer error.");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, next) in positions {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(kafka_error("commit"))?;
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(topic = %self.topic, error = %error, "Commit failed; the records will be delivered again.");
+        }
+        Ok(())
+    }
+
+    fn caught_up(&self) -> bool {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return false;
+        };
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        assignment.elements().iter().all(|element| {
+            let high = self
+                .consumer
+                .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(5))
+                .map(|(_, high)| high)
+                .unwrap_or(i64::MAX);
+            let position = positions
+                .find_partition(element.topic(), element.partition())
+                .and_then(|p| p.offset().to_raw())
+                .unwrap_or(0);
+            position >= high || high == 0
+        })
+    }
+
+    fn lag(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let mut cache = self.high_watermarks.lock().ok()?;
+        let key = (topic.to_string(), partition);
+        let fresh = cache.get(&key).filter(|(_, at)| at.elapsed() < WATERMARK_REFRESH).map(|(high, _)| *high);
+        let high = match fresh {
+            Some(high) => high,
+            None => {
+                let (_, high) = self.consumer.fetch_watermarks(topic, partition, Duration::from_secs(1)).ok()?;
+                cache.insert(key, (high, Instant::now()));
+                high
+            }
+        };
+        Some((high - offset - 1).max(0))
+    }
+}
+
+/// An idempotent producer (`acks=all`).
+pub struct KafkaSink {
+    producer: FutureProducer,
+}
+
+impl KafkaSink {
+    pub fn new(kafka: &KafkaConfig) -> Result<KafkaSink, TransportError> {
+        let producer = client_config(kafka)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "120000")
+            // murmur2 matches the Java client's partitioner and the
+            // in-memory log, so a key lands in the same partition everywhere.
+            .set("partitioner", "murmur2_random")
+            .create()
+            .map_err(kafka_error("producer create"))?;
+        Ok(KafkaSink { producer })
+    }
+}
+
+#[async_trait]
+impl RecordSink for KafkaSink {
+    async fn send(&self, records: Vec<OutRecord>) -> Result<(), TransportError> {
+        let deliveries = records.iter().map(|record| {
+            let message = FutureRecord::to(&record.topic)
+                .key(record.key.as_bytes())
+                .payload(&record.payload);
+            self.producer.send(message, Timeout::Never)
+        });
+        for result in join_all(deliveries).await {
+            if let Err((error, _)) = result {
+                return Err(TransportError::Kafka {
+                    operation: "produce",
+                    reason: error.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `topology apply` found for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicState {
+    Created,
+    Matches,
+    Drifted(Vec<String>),
+}
+
+/// Creates the missing topics of the topology and reports how existing ones
+/// differ from it. Idempotent.
+pub async fn apply_topology(
+    kafka: &KafkaConfig,
+    topology: &crate::topology::Topology,
+    prefix: &str,
+) -> Result<Vec<(String, TopicState)>, TransportError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(kafka_error("admin create"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(kafka_error("metadata"))?;
+
+    let mut report = Vec::new();
+    let mut missing = Vec::new();
+    for spec in &topology.topics {
+        let name = format!("{prefix}{}", spec.name);
+        match metadata.topics().iter().find(|t| t.name() == name) {
+            Some(existing) => {
+                let mut drift = Vec::new();
+                if existing.partitions().len() as i32 != spec.partitions {
+                    drift.push(format!("partitions: cluster has {}, topology says {}", existing.partitions().len(), spec.partitions));
+                }
+                drift.extend(config_drift(&admin, &name, spec).await?);
+                let state = if drift.is_empty() { TopicState::Matches } else { TopicState::Drifted(drift) };
+                report.push((name, state));
+            }
+            None => missing.push((name, spec)),
+        }
+    }
+
+    if !missing.is_empty() {
+        let configs: Vec<Vec<(&str, String)>> = missing.iter().map(|(_, spec)| spec.configs()).collect();
+        let new_topics: Vec<NewTopic<'_>> = missing
+            .iter()
+            .zip(&configs)
+            .map(|((name, spec), configs)| {
+                let mut topic = NewTopic::new(name, spec.partitions, TopicReplication::Fixed(spec.replication_factor));
+                for (key, value) in configs {
+                    topic = topic.set(key, value);
+                }
+                topic
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.create_topics(&new_topics, &options).await.map_err(kafka_error("create topics"))?;
+        for result in results {
+            match result {
+                Ok(name) => report.push((name, TopicState::Created)),
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => report.push((name, TopicState::Matches)),
+                Err((name, code)) => {
+                    return Err(TransportError::Kafka {
+                        operation: "create topics",
+                        reason: format!("topic {name}: {code}"),
+                    })
+                }
+            }
+        }
+    }
+    report.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(report)
+}
+
+async fn config_drift(
+    admin: &AdminClient<DefaultClientContext>,
+    name: &str,
+    spec: &crate::topology::TopicSpec,
+) -> Result<Vec<String>, TransportError> {
+    let resource = rdkafka::admin::ResourceSpecifier::Topic(name);
+    let results = admin
+        .describe_configs([&resource], &AdminOptions::new())
+        .await
+        .map_err(kafka_error("describe configs"))?;
+    let mut drift = Vec::new();
+    for result in results {
+        let Ok(resource) = result else { continue };
+        for (key, wanted) in spec.configs() {
+            let actual = resource.get(key).and_then(|entry| entry.value.clone()).unwrap_or_default();
+            if actual != wanted {
+                drift.push(format!("{key}: cluster has {actual:?}, topology says {wanted:?}"));
+            }
+        }
+    }
+    Ok(drift)
+}

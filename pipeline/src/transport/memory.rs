@@ -1,0 +1,300 @@
+//! The in-memory partitioned log: topics with partitions and offsets, and
+//! consumer groups whose commits survive a consumer. It stands in for Kafka
+//! in the embedded mode and in unit tests, with the same delivery contract.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{InRecord, OutRecord, RecordSink, RecordSource, TransportError};
+
+#[derive(Debug, Clone)]
+struct StoredRecord {
+    key: String,
+    payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct LogState {
+    topics: HashMap<String, Vec<Vec<StoredRecord>>>,
+    commits: HashMap<(String, String, i32), i64>,
+}
+
+/// A set of topics held in memory.
+#[derive(Default)]
+pub struct MemoryLog {
+    state: Mutex<LogState>,
+    appended: tokio::sync::Notify,
+}
+
+impl MemoryLog {
+    pub fn new() -> Arc<MemoryLog> {
+        Arc::new(MemoryLog::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock is a bug in this module; the log
+        // stays consistent because every update is a single push or insert.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates `topic` with `partitions` partitions; an existing topic stays.
+    pub fn create_topic(&self, topic: &str, partitions: usize) {
+        let mut state = self.lock();
+        state
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| vec![Vec::new(); partitions.max(1)]);
+    }
+
+    /// Appends a record to the partition its key hashes to, and returns the
+    /// partition and offset.
+    pub fn append(&self, topic: &str, key: &str, payload: Vec<u8>) -> Result<(i32, i64), TransportError> {
+        let mut state = self.lock();
+        let partitions = state.topics.get_mut(topic).ok_or_else(|| TransportError::Kafka {
+            operation: "produce",
+            reason: format!("topic {topic} does not exist in the in-memory log"),
+        })?;
+        let partition = partition_for_key(key, partitions.len());
+        let log = &mut partitions[partition];
+        log.push(StoredRecord {
+            key: key.to_string(),
+            payload,
+        });
+        let offset = (log.len() - 1) as i64;
+        drop(state);
+        self.appended.notify_waiters();
+        Ok((partition as i32, offset))
+    }
+
+    pub fn partition_count(&self, topic: &str) -> usize {
+        self.lock().topics.get(topic).map_or(0, Vec::len)
+    }
+
+    /// The next offset of each partition of `topic`.
+    pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
+        self.lock()
+            .topics
+            .get(topic)
+            .map(|partitions| partitions.iter().map(|p| p.len() as i64).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every record of `topic`, partition by partition.
+    pub fn records(&self, topic: &str) -> Vec<InRecord> {
+        let state = self.lock();
+        let Some(partitions) = state.topics.get(topic) else {
+            return Vec::new();
+        };
+        let mut all = Vec::new();
+        for (partition, log) in partitions.iter().enumerate() {
+            for (offset, stored) in log.iter().enumerate() {
+                all.push(to_in_record(topic, partition, offset, stored));
+            }
+        }
+        all
+    }
+
+    /// The committed next offset of a consumer group on a partition.
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
+        self.lock()
+            .commits
+            .get(&(group.to_string(), topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A consumer in `group` owning every partition of `topic`, starting at
+    /// the group's committed offsets.
+    pub fn consumer(self: &Arc<Self>, group: &str, topic: &str) -> MemoryConsumer {
+        let partitions = self.partition_count(topic);
+        let positions = (0..partitions)
+            .map(|p| self.committed(group, topic, p as i32))
+            .collect();
+        MemoryConsumer {
+            log: Arc::clone(self),
+            group: group.to_string(),
+            topic: topic.to_string(),
+            positions,
+            next_partition: 0,
+        }
+    }
+}
+
+fn to_in_record(topic: &str, partition: usize, offset: usize, stored: &StoredRecord) -> InRecord {
+    InRecord {
+        topic: topic.to_string(),
+        partition: partition as i32,
+        offset: offset as i64,
+        key: Some(stored.key.as_bytes().to_vec()),
+        payload: Some(stored.payload.clone()),
+    }
+}
+
+/// Kafka's default partitioner for keyed records: murmur2 of the key, made
+/// positive, modulo the partition count. Keys land where a Java producer
+/// would put them.
+pub fn partition_for_key(key: &str, partitions: usize) -> usize {
+    let hash = murmur2(key.as_bytes()) & 0x7fff_ffff;
+    hash as usize % partitions.max(1)
+}
+
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= u32::from(rest[2]) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= u32::from(rest[1]) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= u32::from(rest[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// The only member of its consumer group: it owns every partition.
+pub struct MemoryConsumer {
+    log: Arc<MemoryLog>,
+    group: String,
+    topic: String,
+    positions: Vec<i64>,
+    next_partition: usize,
+}
+
+impl MemoryConsumer {
+    fn read_available(&mut self, max: usize) -> Vec<InRecord> {
+        let state = self.log.lock();
+        let Some(partitions) = state.topics.get(&self.topic) else {
+            return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let count = partitions.len();
+        // One record per partition in turn, as a consumer fetching from every
+        // partition interleaves them: partitions that are each in event-time
+        // order stay close to event-time order together.
+        loop {
+            let before = batch.len();
+            for step in 0..count {
+                if batch.len() >= max {
+                    break;
+                }
+                let partition = (self.next_partition + step) % count;
+                let offset = self.positions[partition] as usize;
+                if let Some(stored) = partitions[partition].get(offset) {
+                    batch.push(to_in_record(&self.topic, partition, offset, stored));
+                    self.positions[partition] += 1;
+                }
+            }
+            if batch.len() >= max || batch.len() == before {
+                break;
+            }
+        }
+        self.next_partition = (self.next_partition + 1) % count.max(1);
+        batch
+    }
+}
+
+#[async_trait]
+impl RecordSource for MemoryConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<InRecord>, TransportError> {
+        let log = Arc::clone(&self.log);
+        let appended = log.appended.notified();
+        let batch = self.read_available(max);
+        if !batch.is_empty() {
+            return Ok(batch);
+        }
+        let _ = tokio::time::timeout(wait, appended).await;
+        Ok(self.read_available(max))
+    }
+
+    async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError> {
+        let mut state = self.log.lock();
+        for (topic, partition, next) in positions {
+            state
+                .commits
+                .insert((self.group.clone(), topic.clone(), *partition), *next);
+        }
+        Ok(())
+    }
+
+    fn caught_up(&self) -> bool {
+        let ends = self.log.end_offsets(&self.topic);
+        ends.iter().zip(&self.positions).all(|(end, position)| position >= end)
+    }
+
+    fn lag(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let ends = self.log.end_offsets(topic);
+        ends.get(partition as usize).map(|end| (end - offset - 1).max(0))
+    }
+}
+
+/// Writes into the in-memory log; an append is its acknowledgement.
+pub struct MemorySink {
+    pub log: Arc<MemoryLog>,
+}
+
+#[async_trait]
+impl RecordSink for MemorySink {
+    async fn send(&self, records: Vec<OutRecord>) -> Result<(), TransportError> {
+        for record in records {
+            self.log.append(&record.topic, &record.key, record.payload)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn consumer_resumes_from_committed_offset() {
+        let log = MemoryLog::new();
+        log.create_topic("t", 2);
+        for i in 0..10 {
+            log.append("t", &format!("k{i}"), vec![i]).unwrap();
+        }
+        let mut first = log.consumer("g", "t");
+        let batch = first.poll(4, Duration::from_millis(1)).await.unwrap();
+        assert_eq!(batch.len(), 4);
+        let commits: Vec<_> = batch
+            .iter()
+            .map(|r| (r.topic.clone(), r.partition, r.offset + 1))
+            .collect();
+        first.commit(&commits).await.unwrap();
+
+        let mut second = log.consumer("g", "t");
+        let rest = second.poll(100, Duration::from_millis(1)).await.unwrap();
+        assert_eq!(rest.len(), 6);
+        assert!(second.caught_up());
+    }
+
+    #[tokio::test]
+    async fn same_key_lands_in_same_partition() {
+        let log = MemoryLog::new();
+        log.create_topic("t", 6);
+        let (p1, _) = log.append("t", "voice_inbound", vec![1]).unwrap();
+        let (p2, _) = log.append("t", "voice_inbound", vec![2]).unwrap();
+        assert_eq!(p1, p2);
+    }
+}

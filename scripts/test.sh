@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, #[ignore]d tests included, against a
+# real single-node Kafka on 127.0.0.1 (started with scripts/kafka.sh).
+#
+# Usage: scripts/test.sh [CARGO_TEST_ARGS...] [-- TEST_BINARY_ARGS...]
+#
+#   scripts/test.sh                      every test
+#   scripts/test.sh window               tests whose name contains "window"
+#   scripts/test.sh -- --nocapture       every test, with test output shown
+#
+# A broker that is already running (scripts/kafka.sh status) is reused and left
+# running. Otherwise this script starts a fresh one and stops it on exit.
+# The tests find the broker in BLAMELESS_TEST_BROKERS.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO_ROOT
+cd "$REPO_ROOT"
+
+# Wall-clock seconds with milliseconds, for the step timings.
+now() {
+  date +%s.%N
+}
+
+elapsed_since() {
+  awk -v start="$1" -v end="$(now)" 'BEGIN { printf "%.1f", end - start }'
+}
+
+SUITE_START="$(now)"
+readonly SUITE_START
+
+# Arguments before a `--` go to cargo test, those after it to the test binaries.
+cargo_args=()
+harness_args=()
+while (($# > 0)); do
+  if [[ "$1" == "--" ]]; then
+    shift
+    harness_args=("$@")
+    break
+  fi
+  cargo_args+=("$1")
+  shift
+done
+
+# shellcheck disable=SC2317 # Called by the EXIT trap.
+stop_kafka() {
+  local start
+  start="$(now)"
+  echo "==> Stopping Kafka"
+  scripts/kafka.sh stop || true
+  echo "<== Stopped Kafka in $(elapsed_since "$start")s"
+}
+
+if scripts/kafka.sh status >/dev/null 2>&1; then
+  echo "==> Reusing the Kafka broker that is already running: $(scripts/kafka.sh status)"
+else
+  step_start="$(now)"
+  echo "==> Starting Kafka"
+  trap stop_kafka EXIT
+  scripts/kafka.sh start
+  echo "<== Started Kafka in $(elapsed_since "$step_start")s"
+fi
+
+export BLAMELESS_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-19092}"
+
+step_start="$(now)"
+echo "==> cargo test --workspace --all-targets ${cargo_args[*]} -- --include-ignored ${harness_args[*]}"
+set +e
+cargo test --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} \
+  -- --include-ignored ${harness_args[@]+"${harness_args[@]}"}
+cargo_status=$?
+set -e
+echo "<== cargo test exited with status $cargo_status in $(elapsed_since "$step_start")s"
+echo "Total time: $(elapsed_since "$SUITE_START")s (before stopping Kafka)"
+
+exit "$cargo_status"

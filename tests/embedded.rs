@@ -1,0 +1,125 @@
+//! The whole topology over the in-memory log, on the example input kept in
+//! the repository.
+
+use std::path::{Path, PathBuf};
+
+use blameless::app::{run_embedded, EmbeddedReport};
+use blameless::config::{Config, Secret};
+use blameless::stages::ticket::TicketPayload;
+use blameless::topology;
+
+mod common;
+
+fn example() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/outage.jsonl"))
+}
+
+fn config(out: &Path) -> Config {
+    let mut config = Config::default();
+    config.mask.key = Secret::new("embedded-test-key-0123456789");
+    config.archive.url = out.join("hot").display().to_string();
+    config.archive.cold_url = out.join("cold").display().to_string();
+    config.ticket.outbox_dir = out.join("tickets");
+    config
+}
+
+async fn run(out: &Path) -> EmbeddedReport {
+    run_embedded(&config(out), &example()).await.unwrap()
+}
+
+fn ticket_for(out: &Path, service: &str) -> TicketPayload {
+    for entry in std::fs::read_dir(out.join("tickets")).unwrap() {
+        let path = entry.unwrap().path();
+        let ticket: TicketPayload = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if ticket.affected_service == service {
+            return ticket;
+        }
+    }
+    panic!("no ticket for {service} in {}", out.display());
+}
+
+#[tokio::test]
+async fn trunk_outage_becomes_one_voice_ticket() {
+    let out = tempfile::tempdir().unwrap();
+    let report = run(out.path()).await;
+    let ticket = ticket_for(out.path(), "voice_inbound");
+
+    assert_eq!(ticket.incident_type, "platform_outage");
+    assert_eq!(ticket.platform_source, "genesys_cloud_cx");
+    assert_eq!(ticket.signal_type, "call_failed");
+    assert!(ticket.timestamp_start.starts_with("2025-12-12T14:20:"), "{}", ticket.timestamp_start);
+    assert!(ticket.timestamp_end.as_deref().unwrap().starts_with("2025-12-12T14:33:"), "{:?}", ticket.timestamp_end);
+    assert_eq!(ticket.severity, "sev1");
+    assert_eq!(ticket.failed_contacts, 440);
+    assert!(ticket.data_snapshot_url.ends_with(&format!("/incidents/{}/", ticket.incident_id)));
+    let created = report.tickets_written.iter().filter(|(status, _)| status == "created").count();
+    assert_eq!(created, 4);
+}
+
+#[tokio::test]
+async fn billing_skill_below_goal_is_ticketed() {
+    let out = tempfile::tempdir().unwrap();
+    run(out.path()).await;
+    let ticket = ticket_for(out.path(), "nice_billing_voice");
+    assert_eq!(ticket.platform_source, "nice_cxone");
+    assert_eq!(ticket.signal_type, "service_level_failure");
+    assert!(ticket.timestamp_start.starts_with("2025-12-12T14:2"), "{}", ticket.timestamp_start);
+}
+
+#[tokio::test]
+async fn snapshot_reads_back_through_its_url() {
+    let out = tempfile::tempdir().unwrap();
+    run(out.path()).await;
+    let ticket = ticket_for(out.path(), "voice_inbound");
+    let folder = ticket.data_snapshot_url.strip_prefix("file://").unwrap();
+    let events = blameless::stages::archive::read_container(&std::fs::read(Path::new(folder).join("events.avro")).unwrap()).unwrap();
+    let failed = events.iter().filter(|e| e.event_type == "call_failed").count();
+    assert_eq!(failed, 440);
+    assert!(events.iter().all(|e| e.affected_service == "voice_inbound"));
+}
+
+#[tokio::test]
+async fn malformed_payloads_are_dead_lettered_with_reasons() {
+    let out = tempfile::tempdir().unwrap();
+    let report = run(out.path()).await;
+    let reasons: Vec<&str> = report.dead_letters.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    assert!(reasons.iter().any(|r| r.contains("not valid JSON")));
+    assert!(reasons.iter().any(|r| r.contains("keys [hello]")));
+    assert!(reasons.iter().any(|r| r.contains("no eventBody.eventTime")));
+    assert!(reasons.iter().any(|r| r.contains("\"yesterday\"")));
+    assert!(reasons.iter().any(|r| r.contains("a JSON array")));
+    assert!(report.dead_letters.iter().all(|d| d.source_topic == topology::RAW_EVENTS && d.payload_scrubbed));
+}
+
+#[tokio::test]
+async fn second_run_creates_no_new_ticket() {
+    let out = tempfile::tempdir().unwrap();
+    run(out.path()).await;
+    let again = run(out.path()).await;
+    assert!(!again.tickets_written.is_empty());
+    assert!(again.tickets_written.iter().all(|(status, _)| status == "updated"), "{:?}", again.tickets_written);
+}
+
+#[tokio::test]
+async fn no_personal_value_leaves_the_mask_stage() {
+    let out = tempfile::tempdir().unwrap();
+    let report = run(out.path()).await;
+    let log = report.log.clone().unwrap();
+    let canaries = common::personal_values(&std::fs::read(example()).unwrap());
+    assert!(canaries.len() > 100, "the example should carry many personal values");
+
+    // The scan can see them: raw-events still holds them.
+    let raw = log.records(topology::RAW_EVENTS);
+    let raw_text = String::from_utf8_lossy(raw[0].payload.as_deref().unwrap()).into_owned();
+    assert!(canaries.iter().any(|c| raw_text.contains(c.as_str())), "scan found nothing in raw-events");
+
+    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+    for topic in [topology::MASKED, topology::WINDOWED_INCIDENTS, topology::TICKETS, topology::DEAD_LETTER] {
+        for record in log.records(topic) {
+            haystacks.push((format!("{topic}/{}/{}", record.partition, record.offset), record.payload.unwrap_or_default()));
+        }
+    }
+    haystacks.extend(common::files_under(out.path()));
+    common::assert_no_canary(&canaries, &haystacks);
+}
