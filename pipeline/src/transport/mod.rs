@@ -334,6 +334,7 @@ async fn process_batch(
         }
     }
     source.commit(&commits).await?;
+    tracing::debug!(stage = stage.name(), records = batch.len(), produced, "Batch committed.");
     runtime
         .metrics
         .processing_seconds
