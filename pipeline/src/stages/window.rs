@@ -169,31 +169,25 @@ impl Detector {
         evict(state, &rules);
 
         let mut changes = Vec::new();
-        if let Some(open) = state.open.as_mut() {
-            if time >= open.start_ms {
-                open.failed += event.failed_contacts;
-                open.total += event.total_contacts;
-            }
+        let ServiceState { volume, open: open_slot, signals, .. } = state;
+        if let Some(open) = open_slot.as_mut() {
             if is_signal && event.event_type == open.signal_type {
                 open.last_signal_ms = open.last_signal_ms.max(time);
             }
+            (open.failed, open.total) = contacts_between(volume, open.start_ms, open.last_signal_ms);
             if !open.gated && gate(open, &rules) {
                 changes.push(incident_event(&event.affected_service, open, "gated", None, &rules, &dependencies));
             }
-        } else if let Some(signals) = state.signals.get(&event.event_type).filter(|_| is_signal) {
+        } else if let Some(signals) = signals.get(&event.event_type).filter(|_| is_signal) {
             // A late signal may already be outside the window, and then it
             // has been evicted with its entry.
             let threshold = rules.thresholds[&event.event_type];
             if signals.len() as u64 >= threshold {
                 let first = signals.iter().min_by_key(|s| s.time_ms).expect("signals reached a threshold of 1 or more");
                 let start_ms = first.time_ms;
-                let (failed, total) = state
-                    .volume
-                    .iter()
-                    .filter(|s| s.time_ms >= start_ms)
-                    .fold((0, 0), |(f, t), s| (f + s.failed, t + s.total));
-                let first_origin = state
-                    .volume
+                let last_signal_ms = signals.iter().map(|s| s.time_ms).max().unwrap_or(time);
+                let (failed, total) = contacts_between(volume, start_ms, last_signal_ms);
+                let first_origin = volume
                     .iter()
                     .filter(|s| s.time_ms >= start_ms)
                     .map(|s| s.origin)
@@ -204,7 +198,7 @@ impl Detector {
                     signal_type: event.event_type.clone(),
                     platform_source: event.platform_source.clone(),
                     start_ms,
-                    last_signal_ms: signals.iter().map(|s| s.time_ms).max().unwrap_or(time),
+                    last_signal_ms,
                     failed,
                     total,
                     threshold,
@@ -216,7 +210,7 @@ impl Detector {
                 if gate(&mut open, &rules) {
                     changes.push(incident_event(&event.affected_service, &open, "gated", None, &rules, &dependencies));
                 }
-                state.open = Some(open);
+                *open_slot = Some(open);
             }
         }
         changes.extend(self.close_quiet(self.watermark()));
@@ -287,8 +281,12 @@ impl Detector {
 
 fn evict(state: &mut ServiceState, rules: &WindowRules) {
     let horizon = state.clock_ms - rules.window_ms;
-    let keep_from = state.open.as_ref().map_or(horizon, |open| horizon.min(open.start_ms));
-    state.volume.retain(|s| s.time_ms > keep_from);
+    // An open incident keeps every sample from its start on, its first
+    // signal included.
+    match state.open.as_ref() {
+        Some(open) => state.volume.retain(|s| s.time_ms >= open.start_ms.min(horizon + 1)),
+        None => state.volume.retain(|s| s.time_ms > horizon),
+    }
     for samples in state.signals.values_mut() {
         samples.retain(|s| s.time_ms > horizon);
     }
@@ -316,6 +314,16 @@ fn gate(open: &mut OpenIncident, rules: &WindowRules) -> bool {
     open.gated = reason.is_some();
     open.gate_reason = reason;
     open.gated
+}
+
+/// Failed and total contacts of the samples from `start_ms` to `end_ms`:
+/// the incident's interval, so contacts after its last signal never dilute
+/// the share, however late the close comes.
+fn contacts_between(volume: &VecDeque<Sample>, start_ms: i64, end_ms: i64) -> (i64, i64) {
+    volume
+        .iter()
+        .filter(|s| s.time_ms >= start_ms && s.time_ms <= end_ms)
+        .fold((0, 0), |(failed, total), s| (failed + s.failed, total + s.total))
 }
 
 fn share(failed: i64, total: i64) -> f64 {
@@ -561,6 +569,18 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].change, "closed");
         assert_eq!(closed[0].timestamp_end_ms, Some(49_000));
+    }
+
+    #[test]
+    fn calls_after_last_signal_do_not_dilute_share() {
+        let mut detector = Detector::new(rules());
+        let mut events = burst(50, 0);
+        events.extend((0..500).map(|i| event("voice_inbound", "call_completed", 60_000 + i * 100)));
+        feed(&mut detector, &events);
+        let closed = detector.close_all();
+        assert_eq!(closed[0].failed_contacts, 50);
+        assert_eq!(closed[0].total_contacts, 50);
+        assert_eq!(closed[0].severity, "sev1");
     }
 
     #[test]
