@@ -267,6 +267,23 @@ impl RecordSink for MemorySink {
 mod tests {
     use super::*;
 
+    #[test]
+    fn partitions_match_the_java_client() {
+        // Values printed by the Java client's Utils.murmur2 and
+        // Utils.toPositive(murmur2) % 6, from the kafka-clients 4.1.1 jar.
+        let cases = [
+            ("", 275_646_681, 3),
+            ("a", -1_563_381_124, 4),
+            ("voice_inbound", 791_730_777, 3),
+            ("nice_billing_voice", -566_615_148, 2),
+            ("742de705-5d49-54cc-b0fd-1964c9db694c", 1_821_557_668, 4),
+        ];
+        for (key, hash, partition) in cases {
+            assert_eq!(murmur2(key.as_bytes()) as i32, hash, "{key}");
+            assert_eq!(partition_for_key(key, 6), partition, "{key}");
+        }
+    }
+
     #[tokio::test]
     async fn consumer_resumes_from_committed_offset() {
         let log = MemoryLog::new();
