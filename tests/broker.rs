@@ -327,3 +327,35 @@ async fn killed_normalize_stage_loses_no_record() {
         .collect();
     assert_eq!(dead.len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn topology_apply_is_idempotent_and_reports_drift() {
+    use blameless::transport::kafka::TopicState;
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+
+    // TestCluster::new applied the topology once; a second apply changes nothing.
+    let cluster = TestCluster::new("apply").await;
+    let topology = Topology::load_default();
+    let again = apply_topology(&cluster.kafka, &topology, &cluster.prefix).await.unwrap();
+    assert_eq!(again.len(), topology.topics.len());
+    assert!(again.iter().all(|(_, state)| *state == TopicState::Matches), "{again:?}");
+
+    // Someone shortens the retention of `masked` by hand.
+    let admin: AdminClient<DefaultClientContext> = blameless::transport::kafka::client_config(&cluster.kafka).create().unwrap();
+    let masked = cluster.topic(topology::MASKED);
+    let change = AlterConfig::new(ResourceSpecifier::Topic(&masked)).set("retention.ms", "3600000");
+    admin.alter_configs([&change], &AdminOptions::new()).await.unwrap();
+
+    let report = apply_topology(&cluster.kafka, &topology, &cluster.prefix).await.unwrap();
+    let (_, state) = report.iter().find(|(name, _)| *name == masked).unwrap();
+    match state {
+        TopicState::Drifted(differences) => {
+            assert_eq!(differences.len(), 1, "{differences:?}");
+            assert!(differences[0].contains("retention.ms"), "{differences:?}");
+            assert!(differences[0].contains("3600000"), "{differences:?}");
+        }
+        other => panic!("expected drift on {masked}, got {other:?}"),
+    }
+}
