@@ -123,3 +123,114 @@ async fn no_personal_value_leaves_the_mask_stage() {
     haystacks.extend(common::files_under(out.path()));
     common::assert_no_canary(&canaries, &haystacks);
 }
+
+mod window_restart {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use blameless::codec::Codec;
+    use blameless::config::Config;
+    use blameless::metrics::Metrics;
+    use blameless::model::{Record, RecordKind};
+    use blameless::stages::window::{WindowRules, WindowStage};
+    use blameless::topology;
+    use blameless::transport::memory::{MemoryConsumer, MemoryLog, MemorySink};
+    use blameless::transport::{
+        decode_record, run_stage, InRecord, RecordSource, RunUntil, StageRuntime, TopicNames, TransportError,
+    };
+
+    /// Stops the stage after `batches` batches, as a crash between batches
+    /// would: nothing is flushed and no later commit happens.
+    struct CrashAfter {
+        inner: MemoryConsumer,
+        batches: usize,
+        stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    #[async_trait]
+    impl RecordSource for CrashAfter {
+        async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<InRecord>, TransportError> {
+            if self.batches == 0 {
+                let _ = self.stop.send(true);
+                return Ok(Vec::new());
+            }
+            self.batches -= 1;
+            self.inner.poll(max, wait).await
+        }
+
+        async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError> {
+            self.inner.commit(positions).await
+        }
+
+        fn caught_up(&self) -> bool {
+            self.inner.caught_up()
+        }
+
+        fn lag(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+            self.inner.lag(topic, partition, offset)
+        }
+    }
+
+    fn runtime() -> StageRuntime {
+        StageRuntime {
+            codec: Codec::single_object().unwrap(),
+            topics: TopicNames::default(),
+            metrics: Metrics::new().stage("window"),
+            batch_max_records: 200,
+            batch_max_wait: Duration::from_millis(1),
+            tick: Duration::from_secs(3600),
+        }
+    }
+
+    /// Runs the window stage of `group` over the masked topic of `source`,
+    /// into a fresh incidents log; `crash_after` stops it early.
+    async fn run_window(source: &Arc<MemoryLog>, group: &str, crash_after: Option<usize>) -> Vec<(String, String)> {
+        let out = MemoryLog::new();
+        out.create_topic(topology::WINDOWED_INCIDENTS, 6);
+        out.create_topic(topology::DEAD_LETTER, 1);
+        let sink = MemorySink { log: Arc::clone(&out) };
+        let mut stage = WindowStage::new(WindowRules::from(&Config::default().window));
+        let consumer = source.consumer(group, topology::MASKED);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        match crash_after {
+            Some(batches) => {
+                let mut crashing = CrashAfter { inner: consumer, batches, stop };
+                run_stage(&mut stage, &mut crashing, &sink, &runtime(), RunUntil::Shutdown, shutdown).await.unwrap();
+            }
+            None => {
+                let mut consumer = consumer;
+                run_stage(&mut stage, &mut consumer, &sink, &runtime(), RunUntil::Drained, shutdown).await.unwrap();
+            }
+        }
+        let codec = Codec::single_object().unwrap();
+        let mut changes = Vec::new();
+        for record in out.records(topology::WINDOWED_INCIDENTS) {
+            if let Record::Incident(incident) = decode_record(&codec, RecordKind::Incident, &record.payload.unwrap()).await.unwrap() {
+                changes.push((incident.incident_id, incident.change));
+            }
+        }
+        changes
+    }
+
+    #[tokio::test]
+    async fn window_restart_rebuilds_open_incidents() {
+        let out = tempfile::tempdir().unwrap();
+        let report = super::run(out.path()).await;
+        let log = report.log.unwrap();
+
+        let straight: BTreeSet<_> = run_window(&log, "straight", None).await.into_iter().collect();
+        let opened = straight.iter().filter(|(_, change)| change == "opened").count();
+        assert_eq!(opened, 4, "{straight:?}");
+
+        // Crash after 5 batches of 200 (the voice outage is open by then),
+        // then restart the same consumer group from its commits.
+        let before: BTreeSet<_> = run_window(&log, "crashing", Some(5)).await.into_iter().collect();
+        assert!(before.iter().any(|(_, change)| change == "opened"), "no incident was open at the crash: {before:?}");
+        let after: BTreeSet<_> = run_window(&log, "crashing", None).await.into_iter().collect();
+
+        let together: BTreeSet<_> = before.union(&after).cloned().collect();
+        assert_eq!(together, straight);
+    }
+}
