@@ -30,7 +30,7 @@ const MASKED_PARTITIONS: usize = 6;
 const RECEIVED_AT_MS: i64 = 1_765_551_600_000;
 
 fn example_lines() -> Vec<Delivered> {
-    let bytes = std::fs::read(EXAMPLE).unwrap_or_else(|e| panic!("cannot read {EXAMPLE}: {e}"));
+    let bytes = std::fs::read(EXAMPLE).unwrap_or_else(|e| panic!("failed to read {EXAMPLE}: {e}"));
     split_lines(&bytes, EXAMPLE)
 }
 
@@ -38,8 +38,8 @@ fn masker() -> Masker {
     Masker::new(Secret::new("benchmark-key-0123456789"), "k1")
 }
 
-/// Runs ingest, normalize and mask on every line; returns the masked events.
-/// Lines that normalize rejects (five in the example) produce none.
+/// Runs ingest, normalize and mask on every line and returns the masked
+/// events. Lines that normalize rejects (five in the example) produce none.
 fn normalize_and_mask(lines: &[Delivered], masker: &Masker) -> Vec<MaskedEvent> {
     let mut masked = Vec::with_capacity(lines.len() + lines.len() / 10);
     for line in lines {
@@ -51,7 +51,7 @@ fn normalize_and_mask(lines: &[Delivered], masker: &Masker) -> Vec<MaskedEvent> 
     masked
 }
 
-/// The masked events with the partition and offset each gets on `masked`,
+/// Pairs each masked event with the partition and offset it gets on `masked`,
 /// which is keyed by affected service.
 fn positioned(events: Vec<MaskedEvent>) -> Vec<(MaskedEvent, i32, i64)> {
     let mut next_offsets = [0_i64; MASKED_PARTITIONS];
