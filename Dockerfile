@@ -35,7 +35,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin blameless
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin blameless \
+    && mkdir -p /var/lib/blameless/tickets \
+    && chown -R blameless /var/lib/blameless
 
 COPY --from=builder /usr/local/bin/blameless /usr/local/bin/blameless
 

@@ -239,6 +239,22 @@ async fn five_stages_ticket_the_outage_on_kafka() {
         .count();
     assert_eq!(nice_tickets, 1);
 
+    // The same incidents, with the same ids, as the embedded run.
+    let embedded_out = tempfile::tempdir().unwrap();
+    let mut config = blameless::config::Config::default();
+    config.mask.key = blameless::config::Secret::new(MASK_KEY);
+    config.archive.url = embedded_out.path().join("hot").display().to_string();
+    config.archive.cold_url = embedded_out.path().join("cold").display().to_string();
+    config.ticket.outbox_dir = embedded_out.path().join("tickets");
+    app::run_embedded(&config, &example()).await.unwrap();
+    let tickets = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir.join("tickets"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(tickets(&out), tickets(embedded_out.path()));
+
     // Malformed payloads are on the dead-letter topic with reasons.
     let dead = cluster.read_topic(topology::DEAD_LETTER, RecordKind::DeadLetter).await;
     let reasons: BTreeSet<String> = dead

@@ -116,6 +116,7 @@ pub struct EmbeddedReport {
 /// Runs the whole topology in this process over the in-memory log, from
 /// `input` to tickets and archive, and reports what happened.
 pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<EmbeddedReport> {
+    config.mask_key()?;
     let delivered = ingest::read_input(input)?;
     let topology = Topology::load_default();
     let log = MemoryLog::new();

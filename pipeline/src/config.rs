@@ -12,9 +12,30 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// A secret value: prints as `[redacted]` in `Debug` and `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+/// Accepts a number too: an environment override such as
+/// `BLAMELESS__MASK__KEY=123456789012345678` arrives as one.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            String(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+        }
+        Ok(Secret(match Text::deserialize(deserializer)? {
+            Text::String(text) => text,
+            Text::Unsigned(number) => number.to_string(),
+            Text::Signed(number) => number.to_string(),
+            Text::Float(number) => number.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
@@ -49,7 +70,6 @@ pub struct Config {
     pub schema_registry: SchemaRegistryConfig,
     pub metrics: MetricsConfig,
     pub stage: StageConfig,
-    pub ingest: IngestConfig,
     pub mask: MaskConfig,
     pub window: WindowConfig,
     pub ticket: TicketConfig,
@@ -63,7 +83,6 @@ impl Default for Config {
             schema_registry: SchemaRegistryConfig::default(),
             metrics: MetricsConfig::default(),
             stage: StageConfig::default(),
-            ingest: IngestConfig::default(),
             mask: MaskConfig::default(),
             window: WindowConfig::default(),
             ticket: TicketConfig::default(),
@@ -142,21 +161,6 @@ impl Default for StageConfig {
             batch_max_records: 500,
             batch_max_wait_ms: 200,
             tick_ms: 1000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Largest accepted payload, in bytes. Default 1048576.
-    pub max_payload_bytes: usize,
-}
-
-impl Default for IngestConfig {
-    fn default() -> IngestConfig {
-        IngestConfig {
-            max_payload_bytes: 1024 * 1024,
         }
     }
 }
@@ -403,6 +407,12 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("window.window_secs"), "{error}");
         assert!(error.contains("gate_min_failure_share"), "{error}");
+    }
+
+    #[test]
+    fn numeric_mask_key_from_environment_loads() {
+        let value: Secret = serde_json::from_str("123456789012345678").unwrap();
+        assert_eq!(value.expose(), "123456789012345678");
     }
 
     #[test]

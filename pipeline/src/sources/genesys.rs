@@ -70,7 +70,9 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
         "user.start" => ("agent_leg_started", 0, 0),
         "user.end" => ("agent_leg_ended", 0, 0),
         "acw" => ("after_call_work", 0, 0),
-        "flow.outcome" if text_field(body, "flowOutcomeValue").as_deref() == Some("FAILURE") => ("ivr_error", 0, 0),
+        // An IVR error fails the contact; its volume is counted once, at the
+        // customer end.
+        "flow.outcome" if text_field(body, "flowOutcomeValue").as_deref() == Some("FAILURE") => ("ivr_error", 1, 0),
         "flow.outcome" => ("flow_outcome", 0, 0),
         other => {
             return Err(format!(

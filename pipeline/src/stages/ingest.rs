@@ -80,22 +80,15 @@ pub fn split_lines(bytes: &[u8], origin: &str) -> Vec<Delivered> {
 
 /// The raw event of one delivered payload, and its key on `raw-events`.
 pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawEvent) {
-    let parsed: Option<Value> = serde_json::from_slice(&delivered.bytes).ok();
-    let (payload_value, capture) = match parsed {
-        Some(Value::Object(mut object)) if object.contains_key("capture") && object.contains_key("payload") => {
-            let capture = object.remove("capture");
-            (object.remove("payload"), capture)
-        }
-        other => (other, None),
+    let (payload, capture) = match serde_json::from_slice::<Capture>(&delivered.bytes) {
+        Ok(capture) => (capture.payload.get().as_bytes().to_vec(), Some(capture.capture)),
+        Err(_) => (delivered.bytes.clone(), None),
     };
+    let payload_value: Option<Value> = serde_json::from_slice(&payload).ok();
 
     let source = payload_value
         .as_ref()
         .map_or(sources::Source::Unknown, sources::recognize);
-    let payload = match (&capture, &payload_value) {
-        (Some(_), Some(value)) => serde_json::to_vec(value).unwrap_or_default(),
-        _ => delivered.bytes.clone(),
-    };
     let capture_time = |field: &str| {
         capture
             .as_ref()
@@ -117,7 +110,9 @@ pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawE
             .get("eventBody")
             .and_then(|body| text_field(body, "conversationId"))
     });
-    let key = conversation_id.unwrap_or_else(|| event_id.clone());
+    let key = conversation_id
+        .or_else(|| payload_value.as_ref().and_then(|v| ordering_key(source, v)))
+        .unwrap_or_else(|| event_id.clone());
 
     let raw = RawEvent {
         event_id,
@@ -129,6 +124,33 @@ pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawE
         payload,
     };
     (key, raw)
+}
+
+/// A capture record: a payload with what the poller or receiver recorded
+/// about its delivery. The payload keeps its bytes exactly.
+#[derive(serde::Deserialize)]
+struct Capture {
+    capture: Value,
+    payload: Box<serde_json::value::RawValue>,
+}
+
+/// The key that keeps one source's payloads in order on one partition when
+/// there is no conversation: the NICE business unit, the Pingdom check, the
+/// Datadog monitor.
+fn ordering_key(source: sources::Source, payload: &Value) -> Option<String> {
+    match source {
+        sources::Source::Nice => {
+            let first = payload.get("skillSummaries").and_then(|s| s.get(0));
+            let unit = first.and_then(|s| text_field(s, "businessUnitId")).unwrap_or_default();
+            Some(format!("nice:{unit}"))
+        }
+        sources::Source::Pingdom => text_field(payload, "check_id").map(|id| format!("pingdom:{id}")),
+        sources::Source::Datadog => payload
+            .get("alert")
+            .and_then(|alert| text_field(alert, "alert_id"))
+            .map(|id| format!("datadog:{id}")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +187,25 @@ mod tests {
         assert_eq!(raw.interval_end_ms, Some(1_765_548_060_000));
         assert_eq!(raw.received_at_ms, 1_765_548_062_000);
         assert_eq!(raw.payload, br#"{"skillSummaries":[]}"#);
+    }
+
+    #[test]
+    fn capture_payload_keeps_its_bytes() {
+        let text = r#"{"capture":{"delivery":"nice_reporting_poll"},"payload":{"skillSummaries": [{"skillId":"1", "businessUnitId":"318204"}]}}"#;
+        let (key, raw) = to_raw_event(&delivered(text), 7);
+        assert_eq!(raw.payload, br#"{"skillSummaries": [{"skillId":"1", "businessUnitId":"318204"}]}"#);
+        assert_eq!(key, "nice:318204");
+    }
+
+    #[test]
+    fn pingdom_is_keyed_by_check() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/synthetics/pingdom-webhook-doc-example-http-up-to-down.json"
+        ))
+        .unwrap();
+        let (key, _) = to_raw_event(&delivered(&text), 7);
+        assert_eq!(key, "pingdom:1827179");
     }
 
     #[test]

@@ -165,30 +165,39 @@ impl TicketStage {
         }
     }
 
-    async fn handle(&mut self, incident: &IncidentEvent) -> Outcome {
+    /// Tickets a gated incident. A snapshot or ticket that cannot be written
+    /// stops the stage before its commit, so the incident is read again on
+    /// restart instead of being skipped.
+    async fn handle(&mut self, incident: &IncidentEvent) -> Result<Outcome, TransportError> {
         if !incident.gated {
             if incident.change == "closed" {
                 self.spikes_not_ticketed += 1;
                 tracing::info!(stage = "ticket", incident_id = %incident.incident_id, "Incident closed below the postmortem gate; no ticket.");
             }
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
         }
         let known = self.ledger.contains_key(&incident.incident_id) || self.sink.find(&incident.incident_id).is_some();
         let closing = incident.change == "closed";
         if known && !closing {
             // Already ticketed: a repeat after a restart or replay.
-            return Ok(Vec::new());
+            return Ok(Ok(Vec::new()));
         }
 
         let manifest = write_snapshot(&self.hot, &self.cold, incident, self.snapshot_margin_ms)
             .await
-            .map_err(|e| Reject::new(format!("snapshot of incident {} failed: {e}", incident.incident_id)))?;
+            .map_err(|e| TransportError::Stage {
+                stage: "ticket",
+                reason: format!("snapshot of incident {} failed: {e}", incident.incident_id),
+            })?;
         let snapshot_url = self.cold.url_of(&format!("{}/", snapshot_folder(&incident.incident_id)));
         let payload = TicketPayload::from_incident(incident, snapshot_url.clone());
         let ticket = self
             .sink
             .write(&payload)
-            .map_err(|e| Reject::new(format!("ticket for incident {} not written: {e}", incident.incident_id)))?;
+            .map_err(|e| TransportError::Stage {
+                stage: "ticket",
+                reason: format!("ticket for incident {} not written: {e}", incident.incident_id),
+            })?;
         let status = if known { "updated" } else { "created" };
         tracing::info!(
             stage = "ticket",
@@ -209,11 +218,11 @@ impl TicketStage {
             payload_json: serde_json::to_string(&payload).unwrap_or_default(),
         };
         self.ledger.insert(incident.incident_id.clone(), record.clone());
-        Ok(vec![Emit {
+        Ok(Ok(vec![Emit {
             topic: TICKETS,
             key: incident.incident_id.clone(),
             record: Record::Ticket(record),
-        }])
+        }]))
     }
 }
 
@@ -231,7 +240,7 @@ impl Stage for TicketStage {
         let mut outcomes = Vec::with_capacity(batch.len());
         for decoded in batch {
             let outcome = match &decoded.record {
-                Record::Incident(incident) => self.handle(incident).await,
+                Record::Incident(incident) => self.handle(incident).await?,
                 _ => Err(Reject::new("ticket reads incident events only")),
             };
             outcomes.push(outcome);

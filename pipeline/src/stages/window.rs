@@ -23,6 +23,7 @@
 //! then repeat with the same ids, which the ticket stage absorbs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -70,6 +71,7 @@ struct Origin {
 #[derive(Debug, Clone)]
 struct Sample {
     time_ms: i64,
+    event_type: Arc<str>,
     failed: i64,
     total: i64,
     origin: Origin,
@@ -105,7 +107,7 @@ pub struct Detector {
     rules: WindowRules,
     services: HashMap<String, ServiceState>,
     partition_clocks: BTreeMap<i32, (i64, Instant)>,
-    dependencies: BTreeMap<String, DependencyStatus>,
+    dependencies: DependencyHistory,
     last_record: Option<(i64, Instant)>,
 }
 
@@ -115,7 +117,7 @@ impl Detector {
             rules,
             services: HashMap::new(),
             partition_clocks: BTreeMap::new(),
-            dependencies: BTreeMap::new(),
+            dependencies: DependencyHistory::default(),
             last_record: None,
         }
     }
@@ -136,21 +138,16 @@ impl Detector {
                 status: if check.ok { "ok" } else { "failed" }.to_string(),
                 checked_at_ms: time,
             };
-            let newer = self
-                .dependencies
-                .get(&check.name)
-                .is_none_or(|known| known.checked_at_ms <= time);
-            if newer {
-                self.dependencies.insert(check.name.clone(), status);
-            }
+            self.dependencies.record(status);
         }
 
-        let rules = self.rules.clone();
-        let dependencies: Vec<DependencyStatus> = self.dependencies.values().cloned().collect();
+        let rules = &self.rules;
+        let dependencies = &self.dependencies;
         let state = self.services.entry(event.affected_service.clone()).or_default();
         state.clock_ms = state.clock_ms.max(time);
         let sample = Sample {
             time_ms: time,
+            event_type: Arc::from(event.event_type.as_str()),
             failed: event.failed_contacts,
             total: event.total_contacts,
             origin,
@@ -166,7 +163,7 @@ impl Detector {
                 .or_default()
                 .push_back(sample.clone());
         }
-        evict(state, &rules);
+        evict(state, rules);
 
         let mut changes = Vec::new();
         let ServiceState { volume, open: open_slot, signals, .. } = state;
@@ -174,9 +171,17 @@ impl Detector {
             if is_signal && event.event_type == open.signal_type {
                 open.last_signal_ms = open.last_signal_ms.max(time);
             }
-            (open.failed, open.total) = contacts_between(volume, open.start_ms, open.last_signal_ms);
-            if !open.gated && gate(open, &rules) {
-                changes.push(incident_event(&event.affected_service, open, "gated", None, &rules, &dependencies));
+            (open.failed, open.total) = contacts_between(volume, &open.signal_type, open.start_ms, open.last_signal_ms);
+            if !open.gated && gate(open, rules) {
+                changes.push(incident_event(&event.affected_service, open, "gated", None, rules, dependencies));
+            }
+            // A synthetic check reports state changes only, so a dependency
+            // incident ends when its check recovers, not after a quiet period.
+            let recovered = open.signal_type == "dependency_check" && event.dependency.as_ref().is_some_and(|d| d.ok);
+            if recovered && time >= open.last_signal_ms {
+                open.last_signal_ms = time;
+                changes.push(incident_event(&event.affected_service, open, "closed", Some(time), rules, dependencies));
+                *open_slot = None;
             }
         } else if let Some(signals) = signals.get(&event.event_type).filter(|_| is_signal) {
             // A late signal may already be outside the window, and then it
@@ -186,7 +191,7 @@ impl Detector {
                 let first = signals.iter().min_by_key(|s| s.time_ms).expect("signals reached a threshold of 1 or more");
                 let start_ms = first.time_ms;
                 let last_signal_ms = signals.iter().map(|s| s.time_ms).max().unwrap_or(time);
-                let (failed, total) = contacts_between(volume, start_ms, last_signal_ms);
+                let (failed, total) = contacts_between(volume, &event.event_type, start_ms, last_signal_ms);
                 let first_origin = volume
                     .iter()
                     .filter(|s| s.time_ms >= start_ms)
@@ -206,9 +211,9 @@ impl Detector {
                     gate_reason: None,
                     first_origin,
                 };
-                changes.push(incident_event(&event.affected_service, &open, "opened", None, &rules, &dependencies));
-                if gate(&mut open, &rules) {
-                    changes.push(incident_event(&event.affected_service, &open, "gated", None, &rules, &dependencies));
+                changes.push(incident_event(&event.affected_service, &open, "opened", None, rules, dependencies));
+                if gate(&mut open, rules) {
+                    changes.push(incident_event(&event.affected_service, &open, "gated", None, rules, dependencies));
                 }
                 *open_slot = Some(open);
             }
@@ -251,13 +256,12 @@ impl Detector {
     }
 
     fn close_where(&mut self, should_close: impl Fn(&OpenIncident) -> bool) -> Vec<IncidentEvent> {
-        let dependencies: Vec<DependencyStatus> = self.dependencies.values().cloned().collect();
         let mut closed = Vec::new();
         for (service, state) in &mut self.services {
             if state.open.as_ref().is_some_and(&should_close) {
                 let open = state.open.take().expect("checked above");
                 let end = Some(open.last_signal_ms);
-                closed.push(incident_event(service, &open, "closed", end, &self.rules, &dependencies));
+                closed.push(incident_event(service, &open, "closed", end, &self.rules, &self.dependencies));
             }
         }
         closed.sort_by(|a, b| a.incident_id.cmp(&b.incident_id));
@@ -276,6 +280,33 @@ impl Detector {
             .filter(|origin| origin.partition == partition)
             .map(|origin| origin.offset)
             .min()
+    }
+}
+
+/// Status changes of each dependency, oldest first.
+#[derive(Debug, Default)]
+struct DependencyHistory(BTreeMap<String, VecDeque<DependencyStatus>>);
+
+/// Status changes kept per dependency.
+const DEPENDENCY_HISTORY: usize = 64;
+
+impl DependencyHistory {
+    fn record(&mut self, status: DependencyStatus) {
+        let changes = self.0.entry(status.name.clone()).or_default();
+        let at = changes.partition_point(|known| known.checked_at_ms <= status.checked_at_ms);
+        changes.insert(at, status);
+        if changes.len() > DEPENDENCY_HISTORY {
+            changes.pop_front();
+        }
+    }
+
+    /// Returns each dependency's last known status at `time_ms`, leaving out
+    /// dependencies first checked after it.
+    fn at(&self, time_ms: i64) -> Vec<DependencyStatus> {
+        self.0
+            .values()
+            .filter_map(|changes| changes.iter().rev().find(|c| c.checked_at_ms <= time_ms).cloned())
+            .collect()
     }
 }
 
@@ -316,14 +347,19 @@ fn gate(open: &mut OpenIncident, rules: &WindowRules) -> bool {
     open.gated
 }
 
-/// Failed and total contacts of the samples from `start_ms` to `end_ms`:
-/// the incident's interval, so contacts after its last signal never dilute
-/// the share, however late the close comes.
-fn contacts_between(volume: &VecDeque<Sample>, start_ms: i64, end_ms: i64) -> (i64, i64) {
+/// Counts the failed contacts of `signal_type` and every contact from
+/// `start_ms` to `end_ms`. That is the incident's interval, so contacts after
+/// its last signal do not dilute the share however late the close comes, and
+/// a contact that failed in two ways (an IVR error, then a failed call)
+/// counts once.
+fn contacts_between(volume: &VecDeque<Sample>, signal_type: &str, start_ms: i64, end_ms: i64) -> (i64, i64) {
     volume
         .iter()
         .filter(|s| s.time_ms >= start_ms && s.time_ms <= end_ms)
-        .fold((0, 0), |(failed, total), s| (failed + s.failed, total + s.total))
+        .fold((0, 0), |(failed, total), s| {
+            let failed_here = if &*s.event_type == signal_type { s.failed } else { 0 };
+            (failed + failed_here, total + s.total)
+        })
 }
 
 fn share(failed: i64, total: i64) -> f64 {
@@ -360,7 +396,7 @@ fn incident_event(
     change: &str,
     end_ms: Option<i64>,
     rules: &WindowRules,
-    dependencies: &[DependencyStatus],
+    dependencies: &DependencyHistory,
 ) -> IncidentEvent {
     let incident_type = if open.signal_type == "dependency_check" {
         "downstream_dependency"
@@ -384,7 +420,7 @@ fn incident_event(
         window_ms: rules.window_ms,
         gated: open.gated,
         gate_reason: open.gate_reason.clone(),
-        dependencies: dependencies.to_vec(),
+        dependencies: dependencies.at(end_ms.unwrap_or(open.last_signal_ms)),
     }
 }
 
@@ -466,7 +502,8 @@ mod tests {
     }
 
     fn event(service: &str, event_type: &str, time_ms: i64) -> MaskedEvent {
-        let failed = i64::from(event_type == "call_failed");
+        let failed = i64::from(event_type == "call_failed" || event_type == "ivr_error");
+        let total = i64::from(event_type != "ivr_error");
         MaskedEvent {
             event_id: format!("{service}-{time_ms}"),
             event_type: event_type.into(),
@@ -482,7 +519,7 @@ mod tests {
             customer_pseudonym: None,
             mask_key_id: "k1".into(),
             failed_contacts: failed,
-            total_contacts: 1,
+            total_contacts: total,
             dependency: None,
             attributes: BTreeMap::new(),
             message: None,
@@ -581,6 +618,63 @@ mod tests {
         assert_eq!(closed[0].failed_contacts, 50);
         assert_eq!(closed[0].total_contacts, 50);
         assert_eq!(closed[0].severity, "sev1");
+    }
+
+    fn check(name: &str, ok: bool, time_ms: i64) -> MaskedEvent {
+        let mut event = event(&format!("dependency_{name}"), "dependency_check", time_ms);
+        event.failed_contacts = i64::from(!ok);
+        event.dependency = Some(crate::model::DependencyCheck {
+            name: name.into(),
+            ok,
+            http_status: None,
+            location: None,
+        });
+        event
+    }
+
+    #[test]
+    fn ivr_errors_open_their_own_incident() {
+        let mut detector = Detector::new(rules());
+        let events: Vec<_> = (0..50).map(|i| event("voice_inbound", "ivr_error", i * 1000)).collect();
+        let changes = feed(&mut detector, &events);
+        assert_eq!(changes[0].change, "opened");
+        assert_eq!(changes[0].signal_type, "ivr_error");
+    }
+
+    #[test]
+    fn other_failure_types_do_not_add_to_share() {
+        let mut detector = Detector::new(rules());
+        let mut events = burst(50, 0);
+        events.extend((0..30).map(|i| event("voice_inbound", "ivr_error", i * 1000 + 500)));
+        events.sort_by_key(|e| e.event_time_ms);
+        feed(&mut detector, &events);
+        let closed = detector.close_all();
+        assert_eq!(closed[0].signal_type, "call_failed");
+        assert_eq!(closed[0].failed_contacts, 50);
+    }
+
+    #[test]
+    fn dependency_incident_ends_at_recovery() {
+        let mut detector = Detector::new(rules());
+        let mut changes = feed(&mut detector, &[check("crm", false, 0)]);
+        changes.extend(detector.observe(&check("crm", true, 300_000), 0, 1));
+        let kinds: Vec<&str> = changes.iter().map(|c| c.change.as_str()).collect();
+        assert_eq!(kinds, ["opened", "gated", "closed"]);
+        assert_eq!(changes[2].incident_type, "downstream_dependency");
+        assert_eq!(changes[2].timestamp_end_ms, Some(300_000));
+    }
+
+    #[test]
+    fn incident_carries_dependency_status_of_its_time() {
+        let mut detector = Detector::new(rules());
+        detector.observe(&check("crm", false, 1_000), 1, 0);
+        detector.observe(&check("crm", true, 900_000), 1, 1);
+        feed(&mut detector, &burst(50, 0));
+        let closed = detector.close_all();
+        let voice = closed.iter().find(|c| c.affected_service == "voice_inbound").unwrap();
+        assert_eq!(voice.dependencies.len(), 1);
+        assert_eq!(voice.dependencies[0].status, "failed");
+        assert_eq!(voice.dependencies[0].checked_at_ms, 1_000);
     }
 
     #[test]

@@ -14,12 +14,16 @@ use super::{InRecord, OutRecord, RecordSink, RecordSource, TransportError};
 struct StoredRecord {
     key: String,
     payload: Vec<u8>,
+    /// Position in the log's global append order, across topics and
+    /// partitions.
+    sequence: u64,
 }
 
 #[derive(Default)]
 struct LogState {
     topics: HashMap<String, Vec<Vec<StoredRecord>>>,
     commits: HashMap<(String, String, i32), i64>,
+    next_sequence: u64,
 }
 
 /// A set of topics held in memory.
@@ -53,6 +57,8 @@ impl MemoryLog {
     /// partition and offset.
     pub fn append(&self, topic: &str, key: &str, payload: Vec<u8>) -> Result<(i32, i64), TransportError> {
         let mut state = self.lock();
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
         let partitions = state.topics.get_mut(topic).ok_or_else(|| TransportError::Kafka {
             operation: "produce",
             reason: format!("topic {topic} does not exist in the in-memory log"),
@@ -62,6 +68,7 @@ impl MemoryLog {
         log.push(StoredRecord {
             key: key.to_string(),
             payload,
+            sequence,
         });
         let offset = (log.len() - 1) as i64;
         drop(state);
@@ -118,7 +125,6 @@ impl MemoryLog {
             group: group.to_string(),
             topic: topic.to_string(),
             positions,
-            next_partition: 0,
         }
     }
 }
@@ -178,7 +184,6 @@ pub struct MemoryConsumer {
     group: String,
     topic: String,
     positions: Vec<i64>,
-    next_partition: usize,
 }
 
 impl MemoryConsumer {
@@ -188,28 +193,21 @@ impl MemoryConsumer {
             return Vec::new();
         };
         let mut batch = Vec::new();
-        let count = partitions.len();
-        // One record per partition in turn, as a consumer fetching from every
-        // partition interleaves them: partitions that are each in event-time
-        // order stay close to event-time order together.
-        loop {
-            let before = batch.len();
-            for step in 0..count {
-                if batch.len() >= max {
-                    break;
-                }
-                let partition = (self.next_partition + step) % count;
-                let offset = self.positions[partition] as usize;
-                if let Some(stored) = partitions[partition].get(offset) {
-                    batch.push(to_in_record(&self.topic, partition, offset, stored));
-                    self.positions[partition] += 1;
-                }
-            }
-            if batch.len() >= max || batch.len() == before {
-                break;
-            }
+        // Records leave in the order they were appended across partitions,
+        // as from a consumer that keeps up with live traffic. Partitions that
+        // each hold part of a time-ordered input then stay in time order
+        // together, however unevenly the keys spread.
+        while batch.len() < max {
+            let next = (0..partitions.len())
+                .filter_map(|partition| {
+                    let offset = self.positions[partition] as usize;
+                    partitions[partition].get(offset).map(|stored| (stored.sequence, partition, offset))
+                })
+                .min();
+            let Some((_, partition, offset)) = next else { break };
+            batch.push(to_in_record(&self.topic, partition, offset, &partitions[partition][offset]));
+            self.positions[partition] += 1;
         }
-        self.next_partition = (self.next_partition + 1) % count.max(1);
         batch
     }
 }
