@@ -108,7 +108,7 @@ impl TestCluster {
         }
     }
 
-    /// Every record of a topic now, decoded.
+    /// Reads and decodes every record of a topic.
     async fn read_topic(&self, name: &str, kind: RecordKind) -> Vec<(i32, i64, Record)> {
         let topic = self.topic(name);
         let consumer: BaseConsumer = blameless::transport::kafka::client_config(&self.kafka)

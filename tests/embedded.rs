@@ -109,7 +109,7 @@ async fn no_personal_value_leaves_the_mask_stage() {
     let canaries = common::personal_values(&std::fs::read(example()).unwrap());
     assert!(canaries.len() > 100, "the example should carry many personal values");
 
-    // The scan can see them: raw-events still holds them.
+    // The scan can see them: raw-events still contains them.
     let raw = log.records(topology::RAW_EVENTS);
     let raw_text = String::from_utf8_lossy(raw[0].payload.as_deref().unwrap()).into_owned();
     assert!(canaries.iter().any(|c| raw_text.contains(c.as_str())), "scan found nothing in raw-events");

@@ -96,7 +96,7 @@ pub async fn ingest(
     Ok(delivered.len() as u64)
 }
 
-/// What an embedded run did.
+/// Counts and output locations of an embedded run.
 #[derive(Default)]
 pub struct EmbeddedReport {
     pub events_read: u64,

@@ -58,8 +58,8 @@ struct Registry {
 }
 
 impl Codec {
-    /// A codec writing the Avro single-object encoding with the schemas of
-    /// `schemas/`.
+    /// Creates a codec that writes the Avro single-object encoding with the
+    /// schemas of `schemas/`.
     pub fn single_object() -> Result<Codec, CodecError> {
         let mut schemas = HashMap::new();
         for kind in RecordKind::ALL {
@@ -78,8 +78,8 @@ impl Codec {
         })
     }
 
-    /// A codec writing the Confluent wire format through the schema registry
-    /// at `url`.
+    /// Creates a codec that writes the Confluent wire format through the
+    /// schema registry at `url`.
     pub fn with_registry(url: &str) -> Result<Codec, CodecError> {
         let mut codec = Codec::single_object()?;
         let settings = SrSettings::new(url.to_string());

@@ -148,7 +148,7 @@ pub struct StageConfig {
     /// Most records a stage takes from its input before producing and
     /// committing. Default 500.
     pub batch_max_records: usize,
-    /// Longest a stage waits to fill a batch, in milliseconds. Default 200.
+    /// Maximum time a stage waits to fill a batch, in milliseconds. Default 200.
     pub batch_max_wait_ms: u64,
     /// Wall-clock tick that lets time-driven stages move on when no record
     /// arrives, in milliseconds. Default 1000.
@@ -174,7 +174,7 @@ pub struct MaskConfig {
     /// A file holding the key (trailing whitespace is ignored).
     pub key_file: Option<PathBuf>,
     /// Id of the key, written with every masked record so a key rotation can
-    /// be told apart. Default `k1`.
+    /// be distinguished. Default `k1`.
     pub key_id: String,
 }
 
@@ -233,7 +233,7 @@ impl Default for WindowConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TicketConfig {
-    /// Where tickets go. Only `outbox` (one JSON file per ticket in
+    /// Ticket sink. Only `outbox` (one JSON file per ticket in
     /// `outbox_dir`) exists so far. Default `outbox`.
     pub sink: String,
     /// Folder of the outbox sink. Default `out/tickets`.
@@ -352,7 +352,7 @@ impl Config {
         }
     }
 
-    /// The mask key, or an error that says how to set one.
+    /// Returns the mask key, or an error explaining how to set one.
     pub fn mask_key(&self) -> Result<&Secret, ConfigError> {
         if self.mask.key.is_empty() {
             return Err(ConfigError::Invalid(

@@ -95,11 +95,12 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        // Encoding into a Vec cannot fail for well-formed metric families.
+        // The encoder fails only on a write error or a family without
+        // metrics, and neither occurs when writing registered metrics to a Vec.
         let _ = encoder.encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
     }

@@ -165,7 +165,7 @@ impl RecordKind {
         RecordKind::DeadLetter,
     ];
 
-    /// The Avro schema text, from `schemas/`.
+    /// Returns the Avro schema text from `schemas/`.
     pub fn schema_text(self) -> &'static str {
         match self {
             RecordKind::Raw => include_str!("../../schemas/raw_event.avsc"),
@@ -177,7 +177,7 @@ impl RecordKind {
         }
     }
 
-    /// The schema file name, as topology/ refers to it.
+    /// Returns the schema file name, as topology/ refers to it.
     pub fn schema_file(self) -> &'static str {
         match self {
             RecordKind::Raw => "raw_event.avsc",

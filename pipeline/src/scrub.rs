@@ -77,9 +77,10 @@ fn luhn_valid(digits: &str) -> bool {
     sum % 10 == 0
 }
 
-/// A copy of a payload safe to keep in a dead letter: JSON has personal keys
-/// redacted and every string scrubbed; other text is scrubbed by pattern;
-/// binary data is dropped, since it cannot be checked.
+/// Returns a copy of a payload that is safe to keep in a dead letter. JSON
+/// has its personal keys redacted and every string scrubbed, and other text
+/// is scrubbed by pattern. Binary data is dropped, because it cannot be
+/// checked.
 pub fn scrub_payload(bytes: &[u8]) -> Vec<u8> {
     if let Ok(mut value) = serde_json::from_slice::<Value>(bytes) {
         scrub_json(&mut value);

@@ -73,7 +73,7 @@ impl Topology {
 }
 
 impl TopicSpec {
-    /// The topic configs Kafka holds for this topic.
+    /// Returns the topic configs that Kafka keeps for this topic.
     pub fn configs(&self) -> Vec<(&'static str, String)> {
         vec![
             ("cleanup.policy", self.cleanup_policy.clone()),

@@ -128,7 +128,8 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
     }])
 }
 
-/// The participant and event of a detail-event topic, such as `customer.end`.
+/// Returns the participant and event of a detail-event topic, such as
+/// `customer.end`.
 fn topic_event(topic: &str) -> Result<&str, String> {
     let rest = topic
         .strip_prefix("v2.detail.events.conversation.")
@@ -154,7 +155,7 @@ fn touchpoint_for_media(media: &str) -> &'static str {
     }
 }
 
-/// The default service rule: media type and direction, such as
+/// Names the service by the default rule, media type and direction, such as
 /// `voice_inbound`.
 pub fn service_for(media: &str, direction: &str) -> String {
     format!("{}_{}", media.to_ascii_lowercase(), direction.to_ascii_lowercase())

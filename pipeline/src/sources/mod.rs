@@ -1,6 +1,6 @@
 //! Recognizes each platform's payload shape and turns it into normalized
-//! events. One module per platform; this one dispatches and holds the helpers
-//! they share.
+//! events. Each platform has a module, and this one dispatches to them and
+//! contains the helpers they share.
 
 pub mod genesys;
 pub mod nice;
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{NormalizedEvent, RawEvent};
 
-/// The platform a payload comes from, told by its shape.
+/// The platform a payload comes from, recognized by its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Genesys Cloud CX, through the Amazon EventBridge integration.
@@ -148,7 +148,7 @@ fn parse_time_text(text: &str) -> Result<i64, String> {
     ))
 }
 
-/// A string field that may arrive as a JSON string or number.
+/// Reads a string field that may arrive as a JSON string or number.
 pub fn text_field(object: &Value, name: &str) -> Option<String> {
     match object.get(name)? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -158,8 +158,8 @@ pub fn text_field(object: &Value, name: &str) -> Option<String> {
     }
 }
 
-/// A number field that may arrive as a JSON number or a numeric string (NICE
-/// sends every value as a string).
+/// Reads a number field that may arrive as a JSON number or a numeric string
+/// (NICE sends every value as a string).
 pub fn number_field(object: &Value, name: &str) -> Option<f64> {
     match object.get(name)? {
         Value::Number(n) => n.as_f64(),
@@ -168,7 +168,7 @@ pub fn number_field(object: &Value, name: &str) -> Option<f64> {
     }
 }
 
-/// A stable id from parts, for events whose source gives none.
+/// Derives a stable id from parts, for events whose source gives none.
 pub fn derive_id(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {

@@ -4,7 +4,7 @@
 //! `date=YYYY-MM-DD/hour=HH/service=NAME/<topic>-<partition>-<first offset>-<last offset>.avro`.
 //! Offsets are committed only after every object of the batch is written.
 //!
-//! It also holds the incident snapshot: the masked events of one incident
+//! It also writes the incident snapshot: the masked events of one incident
 //! (its service and interval, widened by a margin) copied to the cold tier
 //! under `incidents/<incident id>/`, which is the ticket's
 //! data_snapshot_url.
@@ -88,7 +88,7 @@ impl ArchiveStore {
         path
     }
 
-    /// The URL of a location inside this store.
+    /// Returns the URL of a location inside this store.
     pub fn url_of(&self, relative: &str) -> String {
         format!("{}/{}", self.url, relative)
     }
@@ -143,7 +143,8 @@ impl ArchiveStore {
         read_container(&bytes).map_err(|reason| ArchiveError::Format { location, reason })
     }
 
-    /// Every event archived under `relative`, in name order of the objects.
+    /// Reads every event archived under `relative`, in name order of the
+    /// objects.
     pub async fn read_all(&self, relative: &str) -> Result<Vec<MaskedEvent>, ArchiveError> {
         let mut paths = self.list(relative).await?;
         paths.sort();
@@ -183,7 +184,8 @@ pub fn read_container(bytes: &[u8]) -> Result<Vec<MaskedEvent>, String> {
     Ok(events)
 }
 
-/// The hot-tier folder of a service's events in the hour of `time_ms`.
+/// Returns the hot-tier folder of a service's events in the hour of
+/// `time_ms`.
 fn hour_folder(service: &str, time_ms: i64) -> String {
     let time: DateTime<Utc> = DateTime::from_timestamp_millis(time_ms).unwrap_or_default();
     format!(
@@ -250,7 +252,7 @@ impl Stage for ArchiveStage {
     }
 }
 
-/// What a snapshot holds, written beside it as `manifest.json`.
+/// Contents of a snapshot, written beside it as `manifest.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SnapshotManifest {
     pub incident_id: String,
@@ -307,7 +309,7 @@ pub async fn write_snapshot(
     Ok(manifest)
 }
 
-/// The cold-tier folder of an incident's snapshot.
+/// Returns the cold-tier folder of an incident's snapshot.
 pub fn snapshot_folder(incident_id: &str) -> String {
     format!("incidents/{incident_id}")
 }

@@ -78,7 +78,8 @@ pub fn split_lines(bytes: &[u8], origin: &str) -> Vec<Delivered> {
         .collect()
 }
 
-/// The raw event of one delivered payload, and its key on `raw-events`.
+/// Builds the raw event of one delivered payload, and its key on
+/// `raw-events`.
 pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawEvent) {
     let (payload, capture) = match serde_json::from_slice::<Capture>(&delivered.bytes) {
         Ok(capture) => (capture.payload.get().as_bytes().to_vec(), Some(capture.capture)),

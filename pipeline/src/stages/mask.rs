@@ -1,7 +1,7 @@
 //! Mask: reads `normalized`, writes `masked`, keyed by affected service.
 //! agentId, phoneNumber and customerId become HMAC-SHA-256 pseudonyms under
 //! the configured key, so one person keeps one pseudonym under one key but
-//! cannot be recovered; free text and attribute values are scrubbed. The
+//! cannot be recovered. Free text and attribute values are scrubbed. The
 //! masked schema has no field for a raw personal value. At-least-once:
 //! offsets are committed after the outputs are acknowledged.
 
@@ -30,7 +30,7 @@ impl Masker {
         }
     }
 
-    /// The pseudonym of `value` of the given kind (`agent`, `phone`,
+    /// Returns the pseudonym of `value` of the given kind (`agent`, `phone`,
     /// `customer`): `<kind>_<key id>_<first 16 bytes of the HMAC in hex>`.
     /// The kind is part of the MAC input, so an agent id and a customer id
     /// with the same text get different pseudonyms.
@@ -76,7 +76,7 @@ impl Masker {
     }
 }
 
-/// A phone number reduced to `+` and digits, without `tel:` or `sip:`
+/// Reduces a phone number to `+` and digits, without `tel:` or `sip:`
 /// wrappers or the SIP host, so the formats of one number give one pseudonym.
 pub fn canonical_phone(value: &str) -> String {
     let trimmed = value.trim();

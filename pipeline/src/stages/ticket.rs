@@ -112,7 +112,7 @@ impl OutboxSink {
         self.dir.join(format!("{incident_id}.json"))
     }
 
-    /// The ticket of an incident, if one exists.
+    /// Returns the ticket of an incident, if one exists.
     pub fn find(&self, incident_id: &str) -> Option<TicketRef> {
         let path = self.path(incident_id);
         path.exists().then(|| self.reference(incident_id))

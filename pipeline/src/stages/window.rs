@@ -4,7 +4,7 @@
 //! Per affected service it keeps the signals (failure events whose type has
 //! a threshold) and the contact volume of a sliding event-time window. When
 //! one signal type reaches its threshold within the window, an incident
-//! opens; it starts at the first signal of the breaching window, and its id
+//! opens. It starts at the first signal of the breaching window, and its id
 //! is derived from the service and that start, so a replay yields the same
 //! id. The postmortem gate passes when the incident lasts longer than the
 //! minimum duration or its failed contacts exceed the minimum share of the
@@ -61,7 +61,7 @@ impl From<&WindowConfig> for WindowRules {
     }
 }
 
-/// Where a record sits in the input, for the commit floor.
+/// Position of a record in the input, for the commit floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Origin {
     partition: i32,
@@ -222,7 +222,7 @@ impl Detector {
         changes
     }
 
-    /// The stage's event-time watermark, or `None` before any record.
+    /// Returns the stage's event-time watermark, or `None` before any record.
     pub fn watermark(&self) -> Option<i64> {
         let (latest, last_seen) = self.last_record?;
         let idle_ms = self.rules.idle_timeout_ms as u128;
@@ -268,7 +268,7 @@ impl Detector {
         closed
     }
 
-    /// The lowest offset of `partition` still held in state.
+    /// Returns the lowest offset of `partition` that the state still keeps.
     pub fn floor(&self, partition: i32) -> Option<i64> {
         self.services
             .values()
@@ -385,7 +385,7 @@ pub fn severity(failed: i64, total: i64, gate_share: f64) -> &'static str {
     }
 }
 
-/// The incident id: a UUID (version 5) of the service and the start.
+/// Derives the incident id: a UUID (version 5) of the service and the start.
 pub fn incident_id(service: &str, start_ms: i64) -> String {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("blameless:incident:{service}:{start_ms}").as_bytes()).to_string()
 }

@@ -27,7 +27,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use super::{InRecord, OutRecord, RecordSink, RecordSource, TransportError};
 use crate::config::KafkaConfig;
 
-/// The client settings every Blameless client shares.
+/// Builds the client settings that every Blameless client shares.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
@@ -226,7 +226,7 @@ impl RecordSink for KafkaSink {
     }
 }
 
-/// What `topology apply` found for one topic.
+/// State of one topic as `topology apply` found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicState {
     Created,

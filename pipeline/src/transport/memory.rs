@@ -1,5 +1,5 @@
 //! The in-memory partitioned log: topics with partitions and offsets, and
-//! consumer groups whose commits survive a consumer. It stands in for Kafka
+//! consumer groups whose commits survive a consumer. It replaces Kafka
 //! in the embedded mode and in unit tests, with the same delivery contract.
 
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ impl MemoryLog {
         self.lock().topics.get(topic).map_or(0, Vec::len)
     }
 
-    /// The next offset of each partition of `topic`.
+    /// Returns the next offset of each partition of `topic`.
     pub fn end_offsets(&self, topic: &str) -> Vec<i64> {
         self.lock()
             .topics
@@ -89,7 +89,7 @@ impl MemoryLog {
             .unwrap_or_default()
     }
 
-    /// Every record of `topic`, partition by partition.
+    /// Returns every record of `topic`, partition by partition.
     pub fn records(&self, topic: &str) -> Vec<InRecord> {
         let state = self.lock();
         let Some(partitions) = state.topics.get(topic) else {
@@ -104,7 +104,7 @@ impl MemoryLog {
         all
     }
 
-    /// The committed next offset of a consumer group on a partition.
+    /// Returns the committed next offset of a consumer group on a partition.
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
         self.lock()
             .commits
@@ -113,7 +113,7 @@ impl MemoryLog {
             .unwrap_or(0)
     }
 
-    /// A consumer in `group` owning every partition of `topic`, starting at
+    /// Creates a consumer in `group` owning every partition of `topic`, starting at
     /// the group's committed offsets.
     pub fn consumer(self: &Arc<Self>, group: &str, topic: &str) -> MemoryConsumer {
         let partitions = self.partition_count(topic);

@@ -41,7 +41,7 @@ pub struct OutRecord {
     pub payload: Vec<u8>,
 }
 
-/// Where a decoded input record came from.
+/// Source position of a decoded input record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub topic: String,
@@ -64,7 +64,7 @@ pub struct Emit {
     pub record: Record,
 }
 
-/// Why a stage refused a record. It goes to the dead-letter topic.
+/// Reason a stage rejected a record. It goes to the dead-letter topic.
 #[derive(Debug, Clone)]
 pub struct Reject {
     pub reason: String,
@@ -102,13 +102,13 @@ pub enum TransportError {
     Stage { stage: &'static str, reason: String },
 }
 
-/// Record logic of one stage. It knows nothing about Kafka.
+/// Record logic of one stage. It does not depend on Kafka.
 #[async_trait]
 pub trait Stage: Send {
-    /// The stage name: ingest, normalize, mask, window, ticket or archive.
+    /// Returns the stage name: ingest, normalize, mask, window, ticket or archive.
     fn name(&self) -> &'static str;
 
-    /// The schema of the input topic.
+    /// Returns the schema of the input topic.
     fn input_kind(&self) -> RecordKind;
 
     /// Whether the input carries personal data, so dead letters must keep a
@@ -132,7 +132,7 @@ pub trait Stage: Send {
         Ok(Vec::new())
     }
 
-    /// The lowest offset of `partition` the stage still needs after a
+    /// Returns the lowest offset of `partition` the stage still needs after a
     /// restart: commits never pass it. `None` when every processed record is
     /// done with.
     fn commit_floor(&self, _topic: &str, _partition: i32) -> Option<i64> {
@@ -149,7 +149,7 @@ pub trait RecordSource: Send {
     /// Commits the next offset to read for each (topic, partition).
     async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError>;
 
-    /// Whether every record that exists now was read (a finite input is done).
+    /// Returns whether every record that exists now was read (a finite input is done).
     fn caught_up(&self) -> bool;
 
     /// Records behind the end of `partition` after `offset`.
@@ -175,7 +175,7 @@ impl TopicNames {
     }
 }
 
-/// What a stage run needs besides its transport.
+/// Settings and services of a stage run, besides its transport.
 pub struct StageRuntime {
     pub codec: Codec,
     pub topics: TopicNames,
@@ -185,7 +185,7 @@ pub struct StageRuntime {
     pub tick: Duration,
 }
 
-/// How a run ends.
+/// End condition of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunUntil {
     /// Until the input is caught up, then call `finish` (embedded mode).
