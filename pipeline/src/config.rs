@@ -63,7 +63,7 @@ impl fmt::Display for Secret {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -76,20 +76,6 @@ pub struct Config {
     pub archive: ArchiveConfig,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            kafka: KafkaConfig::default(),
-            schema_registry: SchemaRegistryConfig::default(),
-            metrics: MetricsConfig::default(),
-            stage: StageConfig::default(),
-            mask: MaskConfig::default(),
-            window: WindowConfig::default(),
-            ticket: TicketConfig::default(),
-            archive: ArchiveConfig::default(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
