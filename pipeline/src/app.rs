@@ -182,6 +182,11 @@ async fn summarize(report: &mut EmbeddedReport, log: &MemoryLog, codec: &Codec) 
 /// Runs one stage as a member of its consumer group on Kafka until Ctrl-C or
 /// SIGTERM. The ingest stage reads `input` instead of a topic.
 pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) -> anyhow::Result<()> {
+    // Checks the stage name and its settings before anything starts.
+    let stage = match name {
+        "ingest" => None,
+        _ => Some(build_stage(name, config)?),
+    };
     let topology = Topology::load_default();
     let codec = codec_for(config)?;
     let topics = TopicNames {
@@ -207,7 +212,7 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
         return Ok(());
     }
 
-    let mut stage = build_stage(name, config)?;
+    let mut stage = stage.context("a consuming stage is built above")?;
     let spec = topology.stage(name).context("stage missing from topology")?;
     let input_topic = topics.physical(spec.input.as_deref().context("consuming stage without input")?);
     let group = format!("{}-{}", config.kafka.group_prefix, name);

@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::io::Write;
+
 use blameless::app;
+use blameless::sources;
+use blameless::stages::ingest;
+use blameless::stages::mask::Masker;
 use blameless::config::Config;
 use blameless::topology::Topology;
 use blameless::transport::kafka::{apply_topology, TopicState};
@@ -43,6 +48,22 @@ enum Command {
         /// Input of the ingest stage: JSON Lines or a folder of .json files.
         #[arg(long)]
         input: Option<PathBuf>,
+    },
+    /// Print the normalized events of an input as JSON Lines, with no Kafka.
+    /// They still carry personal data: use it on test data or locally.
+    Normalize {
+        /// JSON Lines file, or a folder of .json files, of raw platform
+        /// payloads.
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Print the masked events of an input as JSON Lines, as the masked
+    /// topic and the archive would hold them.
+    Mask {
+        /// JSON Lines file, or a folder of .json files, of raw platform
+        /// payloads.
+        #[arg(long)]
+        input: PathBuf,
     },
     /// Manage the topics of topology/.
     Topology {
@@ -101,6 +122,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             app::run_kafka_stage(&name, &config, input.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Normalize { input } => print_events(&input, None),
+        Command::Mask { input } => {
+            let masker = Masker::new(config.mask_key()?.clone(), config.mask.key_id.clone());
+            print_events(&input, Some(&masker))
+        }
         Command::Topology { action: TopologyAction::Apply } => {
             let topology = Topology::load_default();
             let report = apply_topology(&config.kafka, &topology, &config.kafka.topic_prefix).await?;
@@ -118,6 +144,36 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if drifted { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
     }
+}
+
+/// Prints the normalized (or, with a masker, masked) events of every payload
+/// of `input` to stdout, and each rejected payload with its reason to stderr.
+fn print_events(input: &std::path::Path, masker: Option<&Masker>) -> anyhow::Result<ExitCode> {
+    let delivered = ingest::read_input(input)?;
+    let received_at = chrono::Utc::now().timestamp_millis();
+    let mut stdout = std::io::stdout().lock();
+    let (mut printed, mut rejected) = (0, 0);
+    for item in &delivered {
+        let (_, raw) = ingest::to_raw_event(item, received_at);
+        match sources::normalize(&raw) {
+            Ok(events) => {
+                for event in events {
+                    let line = match masker {
+                        Some(masker) => serde_json::to_string(&masker.mask(event))?,
+                        None => serde_json::to_string(&event)?,
+                    };
+                    writeln!(stdout, "{line}")?;
+                    printed += 1;
+                }
+            }
+            Err(reason) => {
+                rejected += 1;
+                eprintln!("{}: rejected: {reason}", item.origin);
+            }
+        }
+    }
+    eprintln!("{} payloads read, {printed} events printed, {rejected} payloads rejected.", delivered.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Places the archive and the outbox under `out` unless the configuration

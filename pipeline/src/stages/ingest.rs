@@ -30,8 +30,9 @@ pub struct Delivered {
     pub bytes: Vec<u8>,
 }
 
-/// Reads every payload from a JSON Lines file or a folder of `.json` files
-/// (each file one payload), in name order. Blank lines are skipped.
+/// Reads every payload from a JSON Lines file, a `.json` file (one payload,
+/// which may span lines), or a folder of both, in name order. Blank lines of
+/// JSON Lines are skipped.
 pub fn read_input(path: &Path) -> Result<Vec<Delivered>, IngestError> {
     let read_error = |source| IngestError::Read {
         path: path.to_path_buf(),
@@ -46,22 +47,17 @@ pub fn read_input(path: &Path) -> Result<Vec<Delivered>, IngestError> {
         files.sort();
         let mut all = Vec::new();
         for file in files {
-            if file.extension().is_some_and(|ext| ext == "jsonl") {
-                all.extend(read_input(&file)?);
-            } else {
-                let bytes = std::fs::read(&file).map_err(|source| IngestError::Read {
-                    path: file.clone(),
-                    source,
-                })?;
-                all.push(Delivered {
-                    origin: file.display().to_string(),
-                    bytes,
-                });
-            }
+            all.extend(read_input(&file)?);
         }
         return Ok(all);
     }
     let bytes = std::fs::read(path).map_err(read_error)?;
+    if path.extension().is_some_and(|ext| ext == "json") {
+        return Ok(vec![Delivered {
+            origin: path.display().to_string(),
+            bytes,
+        }]);
+    }
     Ok(split_lines(&bytes, &path.display().to_string()))
 }
 
@@ -214,6 +210,26 @@ mod tests {
         let (_, raw) = to_raw_event(&delivered("{\"detail\": {"), 7);
         assert_eq!(raw.source, "unknown");
         assert_eq!(raw.payload, b"{\"detail\": {");
+    }
+
+    #[test]
+    fn json_file_is_one_payload() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/genesys/eventbridge-detail-user-end-voice.json");
+        let payloads = read_input(Path::new(path)).unwrap();
+        assert_eq!(payloads.len(), 1);
+        let (_, raw) = to_raw_event(&payloads[0], 0);
+        assert_eq!(raw.source, "genesys");
+    }
+
+    #[test]
+    fn folder_reads_json_and_jsonl_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), "{\"n\":2}\n{\"n\":3}\n").unwrap();
+        std::fs::write(dir.path().join("a.json"), "{\n  \"n\": 1\n}\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let payloads = read_input(dir.path()).unwrap();
+        let texts: Vec<String> = payloads.iter().map(|p| String::from_utf8_lossy(&p.bytes).replace(char::is_whitespace, "")).collect();
+        assert_eq!(texts, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
     }
 
     #[test]

@@ -1,0 +1,70 @@
+//! The `blameless` command line, run as a user would.
+
+use std::process::{Command, Output};
+
+fn blameless(args: &[&str], mask_key: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+    command.args(args).env_remove("BLAMELESS__MASK__KEY");
+    if let Some(key) = mask_key {
+        command.env("BLAMELESS__MASK__KEY", key);
+    }
+    command.output().unwrap()
+}
+
+fn fixture(path: &str) -> String {
+    format!("{}/../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn normalize_prints_one_event_per_line() {
+    let input = fixture("genesys/eventbridge-detail-customer-end-voice.json");
+    let output = blameless(&["normalize", "--input", &input], None);
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1);
+    let event: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(event["event_type"], "call_completed");
+    assert_eq!(event["affected_service"], "voice_inbound");
+}
+
+#[test]
+fn normalize_reports_rejects_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.jsonl");
+    std::fs::write(&input, "{\"hello\":\"world\"}\nnot json\n").unwrap();
+    let output = blameless(&["normalize", "--input", input.to_str().unwrap()], None);
+    assert!(output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("bad.jsonl:1: rejected: payload shape is not recognized"), "{stderr}");
+    assert!(stderr.contains("bad.jsonl:2: rejected: payload is not valid JSON"), "{stderr}");
+}
+
+#[test]
+fn mask_prints_pseudonyms_only() {
+    let input = fixture("genesys/eventbridge-detail-user-end-voice.json");
+    let output = blameless(&["mask", "--input", &input], Some("cli-test-key-0123456789"));
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("\"agent_pseudonym\":\"agent_k1_"), "{stdout}");
+    assert!(!stdout.contains("b781d507-2b83-57b9-88d1-43565293c1db"), "{stdout}");
+    assert!(!stdout.contains("5555550457"), "{stdout}");
+}
+
+#[test]
+fn mask_without_key_explains_how_to_set_it() {
+    let input = fixture("genesys/eventbridge-detail-user-end-voice.json");
+    let output = blameless(&["mask", "--input", &input], None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("BLAMELESS__MASK__KEY"), "{stderr}");
+}
+
+#[test]
+fn unknown_stage_names_the_stages() {
+    let output = blameless(&["stage", "nromalize"], None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("unknown stage \"nromalize\""), "{stderr}");
+}
