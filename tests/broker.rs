@@ -103,7 +103,7 @@ impl TestCluster {
         };
         let metrics = Metrics::new();
         for part in delivered.chunks(chunk) {
-            app::ingest(part, &sink, &self.codec, &topics, &metrics).await.unwrap();
+            app::ingest(part, &sink, &self.codec, &topics, &metrics, 900_000).await.unwrap();
             tokio::time::sleep(pause).await;
         }
     }

@@ -68,3 +68,49 @@ fn unknown_stage_names_the_stages() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("unknown stage \"nromalize\""), "{stderr}");
 }
+
+#[test]
+fn run_help_shows_embedded_required() {
+    let output = blameless(&["run", "--help"], None);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let usage = help.lines().find(|line| line.starts_with("Usage:")).unwrap();
+    assert!(usage.contains("--embedded"), "{help}");
+    assert!(!usage.contains("[OPTIONS] --input"), "{help}");
+    assert!(help.contains("Required, because the embedded run"), "{help}");
+}
+
+#[test]
+fn run_without_embedded_is_a_usage_error() {
+    let output = blameless(&["run", "--input", &fixture("genesys/eventbridge-detail-user-end-voice.json")], None);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--embedded"), "{stderr}");
+}
+
+#[test]
+fn out_help_does_not_repeat_default() {
+    let output = blameless(&["run", "--help"], None);
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(help.matches("default").count(), 1, "{help}");
+    assert!(help.contains("[default: out]"), "{help}");
+}
+
+#[test]
+fn input_help_names_json_and_jsonl() {
+    for command in ["run", "stage", "normalize", "mask"] {
+        let output = blameless(&[command, "--help"], None);
+        let help = String::from_utf8(output.stdout).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains("a .json file holding one payload, or a folder of .json and .jsonl files"), "{command}: {help}");
+    }
+}
+
+#[test]
+fn input_for_consuming_stage_is_rejected() {
+    let input = fixture("genesys/eventbridge-detail-user-end-voice.json");
+    let output = blameless(&["stage", "normalize", "--input", &input], None);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("only the ingest stage reads an input file"), "{stderr}");
+    assert!(stderr.contains("--input"), "{stderr}");
+}

@@ -92,13 +92,35 @@ async fn malformed_payloads_are_dead_lettered_with_reasons() {
     assert!(report.dead_letters.iter().all(|d| d.source_topic == topology::RAW_EVENTS && d.payload_scrubbed));
 }
 
+fn outbox_files(out: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out.join("tickets"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// A second run over the same outbox finds every ticket there. It writes no
+/// new ticket file, and its ledger records repeat the first run's: the
+/// `created` record is sent again, because a fresh ticket stage cannot tell
+/// whether the first run's record reached the compacted tickets topic.
 #[tokio::test]
 async fn second_run_creates_no_new_ticket() {
     let out = tempfile::tempdir().unwrap();
-    run(out.path()).await;
+    let first = run(out.path()).await;
+    let files = outbox_files(out.path());
     let again = run(out.path()).await;
+    assert_eq!(outbox_files(out.path()), files);
     assert!(!again.tickets_written.is_empty());
-    assert!(again.tickets_written.iter().all(|(status, _)| status == "updated"), "{:?}", again.tickets_written);
+
+    let mut first_records = first.tickets_written.clone();
+    let mut again_records = again.tickets_written.clone();
+    first_records.sort();
+    again_records.sort();
+    assert_eq!(again_records, first_records);
+    let created = again.tickets_written.iter().filter(|(status, _)| status == "created").count();
+    assert_eq!(created, files.len(), "{:?}", again.tickets_written);
 }
 
 #[tokio::test]
@@ -191,7 +213,11 @@ mod window_restart {
         out.create_topic(topology::WINDOWED_INCIDENTS, 6);
         out.create_topic(topology::DEAD_LETTER, 1);
         let sink = MemorySink { log: Arc::clone(&out) };
-        let mut stage = WindowStage::new(WindowRules::from(&Config::default().window));
+        // Release every record at once: the in-memory log already delivers
+        // them in the order they were accepted.
+        let mut rules = WindowRules::from(&Config::default().window);
+        rules.reorder_ms = 0;
+        let mut stage = WindowStage::new(rules);
         let consumer = source.consumer(group, topology::MASKED);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         match crash_after {
@@ -233,4 +259,116 @@ mod window_restart {
         let together: BTreeSet<_> = before.union(&after).cloned().collect();
         assert_eq!(together, straight);
     }
+}
+
+/// A name crafted to carry a phone number and an email address, as a
+/// platform user could type it into a check title or a skill name.
+const CRAFTED_NAME: &str = "Callback line +1 317 999 0001 owner leakme.person@example.org";
+
+fn crafted_input() -> String {
+    let pingdom = |state: &str, seconds: i64| {
+        serde_json::json!({
+            "check_id": 4242,
+            "check_name": CRAFTED_NAME,
+            "check_type": "HTTP",
+            "previous_state": if state == "DOWN" { "UP" } else { "DOWN" },
+            "current_state": state,
+            "state_changed_timestamp": seconds,
+            "description": CRAFTED_NAME,
+            "first_probe": {"location": CRAFTED_NAME},
+        })
+    };
+    let nice = |minute: u32| {
+        serde_json::json!({
+            "capture": {
+                "delivery": "nice_reporting_poll",
+                "interval_end": format!("2025-12-12T14:{minute:02}:00Z"),
+            },
+            "payload": {"skillSummaries": [{
+                "skillId": "77", "skillName": CRAFTED_NAME, "mediaTypeName": CRAFTED_NAME,
+                "serviceLevel": "20", "serviceLevelGoal": "80", "contactsOffered": "50", "contactsOutOfSLA": "40",
+            }]},
+        })
+    };
+    let datadog = serde_json::json!({
+        "id": "dd-1",
+        "event_type": "synthetics_alert",
+        "title": format!("[P2] [Triggered] [Synthetics] {CRAFTED_NAME}"),
+        "date": "1765548600000",
+        "alert": {"alert_id": "9", "alert_transition": "Triggered"},
+    });
+    let genesys = serde_json::json!({
+        "topicName": "v2.detail.events.conversation.c-crafted.customer.end",
+        "eventBody": {"eventTime": 1_765_548_000_000_i64, "conversationId": "c-crafted", "mediaType": CRAFTED_NAME},
+    });
+    let lines = [
+        pingdom("DOWN", 1_765_548_000),
+        nice(1),
+        nice(2),
+        nice(3),
+        datadog,
+        genesys,
+        pingdom("UP", 1_765_549_800),
+    ];
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
+#[tokio::test]
+async fn crafted_names_leave_no_personal_value() {
+    let out = tempfile::tempdir().unwrap();
+    let input = out.path().join("crafted.jsonl");
+    std::fs::write(&input, crafted_input()).unwrap();
+    let report = run_embedded(&config(out.path()), &input).await.unwrap();
+
+    assert_eq!(report.dead_letters.len(), 1, "{:?}", report.dead_letters);
+    assert!(report.dead_letters[0].reason.contains("is not a Genesys Cloud media type"));
+    let tickets: Vec<TicketPayload> = outbox_files(out.path())
+        .iter()
+        .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
+        .collect();
+    let services: Vec<&str> = tickets.iter().map(|t| t.affected_service.as_str()).collect();
+    assert!(services.contains(&"dependency_callback_line_phone_owner_email"), "{services:?}");
+    assert!(services.contains(&"nice_callback_line_phone_owner_email"), "{services:?}");
+
+    let log = report.log.clone().unwrap();
+    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+    for topic in [topology::MASKED, topology::WINDOWED_INCIDENTS, topology::TICKETS, topology::DEAD_LETTER] {
+        for record in log.records(topic) {
+            haystacks.push((format!("{topic}/{}/{}", record.partition, record.offset), record.payload.unwrap_or_default()));
+        }
+    }
+    for (path, bytes) in common::files_under(out.path()) {
+        if path.ends_with("crafted.jsonl") {
+            continue;
+        }
+        // The path itself carries the service name in archive folders.
+        haystacks.push((path.clone(), bytes));
+        haystacks.push((format!("{path} (its name)"), path.into_bytes()));
+    }
+    let canaries = ["leakme", "999 0001", "9990001", "example.org"].map(String::from).into_iter().collect();
+    common::assert_no_canary(&canaries, &haystacks);
+}
+
+#[tokio::test]
+async fn oversized_payload_is_dead_lettered_by_ingest() {
+    let out = tempfile::tempdir().unwrap();
+    let input = out.path().join("input.jsonl");
+    let small = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/genesys/eventbridge-detail-customer-end-voice.json"
+    ))
+    .unwrap()
+    .replace('\n', "");
+    let big = format!("{{\"padding\":\"{}\"}}", "x".repeat(5000));
+    std::fs::write(&input, format!("{small}\n{big}\n{small}\n")).unwrap();
+    let mut config = config(out.path());
+    config.ingest.max_payload_bytes = 4000;
+
+    let report = run_embedded(&config, &input).await.unwrap();
+    assert_eq!(report.dead_letters.len(), 1);
+    let letter = &report.dead_letters[0];
+    assert_eq!(letter.stage, "ingest");
+    assert!(letter.reason.contains("input.jsonl:2"), "{}", letter.reason);
+    assert!(letter.reason.contains("4000"), "{}", letter.reason);
+    assert_eq!(report.normalized, 2);
 }

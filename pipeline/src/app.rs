@@ -68,25 +68,52 @@ fn runtime(config: &Config, codec: Codec, topics: TopicNames, metrics: &Metrics,
 }
 
 /// Encodes delivered payloads as raw events and sends them; returns the count.
+/// A payload above `max_payload_bytes` goes to the dead-letter topic instead,
+/// without its bytes, with a reason naming its file and line.
 pub async fn ingest(
     delivered: &[Delivered],
     sink: &dyn RecordSink,
     codec: &Codec,
     topics: &TopicNames,
     metrics: &Metrics,
+    max_payload_bytes: usize,
 ) -> anyhow::Result<u64> {
     let stage_metrics = metrics.stage("ingest");
     let topic = topics.physical(topology::RAW_EVENTS);
+    let dead_letter_topic = topics.physical(topology::DEAD_LETTER);
     let received_at = now_ms();
+    let mut clock = AcceptClock::default();
     for chunk in delivered.chunks(500) {
         let mut out = Vec::with_capacity(chunk.len());
         for item in chunk {
+            if let Err(reason) = ingest::check_size(item, max_payload_bytes) {
+                tracing::warn!(stage = "ingest", origin = %item.origin, reason = %reason, "Payload rejected to the dead-letter topic.");
+                let letter = Record::DeadLetter(DeadLetter {
+                    stage: "ingest".into(),
+                    source_topic: item.origin.clone(),
+                    source_partition: -1,
+                    source_offset: -1,
+                    reason,
+                    failed_at_ms: now_ms(),
+                    payload: Vec::new(),
+                    payload_scrubbed: true,
+                });
+                out.push(OutRecord {
+                    topic: dead_letter_topic.clone(),
+                    key: item.origin.clone(),
+                    payload: codec.encode(&dead_letter_topic, &letter).await?,
+                    timestamp_ms: Some(clock.next()),
+                });
+                stage_metrics.dead_letters.inc();
+                continue;
+            }
             let (key, raw) = ingest::to_raw_event(item, received_at);
             let payload = codec.encode(&topic, &Record::Raw(raw)).await?;
             out.push(OutRecord {
                 topic: topic.clone(),
                 key,
                 payload,
+                timestamp_ms: Some(clock.next()),
             });
         }
         stage_metrics.records_in.inc_by(chunk.len() as u64);
@@ -94,6 +121,22 @@ pub async fn ingest(
         stage_metrics.records_out.inc_by(chunk.len() as u64);
     }
     Ok(delivered.len() as u64)
+}
+
+/// Record timestamps of accepted payloads: the wall clock, but strictly
+/// increasing, so payloads read from a file in one millisecond keep their
+/// order. Stages read their input partitions merged by these timestamps.
+#[derive(Default)]
+pub struct AcceptClock {
+    last_ms: i64,
+}
+
+impl AcceptClock {
+    /// Returns the next timestamp, later than every one before.
+    pub fn next(&mut self) -> i64 {
+        self.last_ms = now_ms().max(self.last_ms + 1);
+        self.last_ms
+    }
 }
 
 /// Counts and output locations of an embedded run.
@@ -129,7 +172,7 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     let sink = MemorySink { log: Arc::clone(&log) };
 
     let mut report = EmbeddedReport {
-        events_read: ingest(&delivered, &sink, &codec, &topics, &metrics).await?,
+        events_read: ingest(&delivered, &sink, &codec, &topics, &metrics, config.ingest.max_payload_bytes).await?,
         ..EmbeddedReport::default()
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
@@ -193,11 +236,14 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
         prefix: config.kafka.topic_prefix.clone(),
     };
     let metrics = Metrics::new();
-    if !config.metrics.address.is_empty() {
-        let address = config.metrics.address.clone();
+    // The ingest command lives for one file: it serves no metrics.
+    if !config.metrics.address.is_empty() && name != "ingest" {
+        // Bound before the stage starts, so a bad address or a port in use
+        // stops the stage instead of leaving it without /metrics.
+        let listener = crate::metrics::bind(&config.metrics.address).await?;
         let served = metrics.clone();
         tokio::spawn(async move {
-            if let Err(error) = crate::metrics::serve(&address, served).await {
+            if let Err(error) = crate::metrics::serve_on(listener, served).await {
                 tracing::error!(error = %error, "Metrics server stopped.");
             }
         });
@@ -207,7 +253,7 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
     if name == "ingest" {
         let input = input.context("the ingest stage needs --input PATH (a JSON Lines file or a folder of .json files)")?;
         let delivered = ingest::read_input(input)?;
-        let count = ingest(&delivered, &sink, &codec, &topics, &metrics).await?;
+        let count = ingest(&delivered, &sink, &codec, &topics, &metrics, config.ingest.max_payload_bytes).await?;
         tracing::info!(stage = "ingest", records = count, "Input written to raw-events.");
         return Ok(());
     }

@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Secret(String);
 
-/// Accepts a number too: an environment override such as
-/// `BLAMELESS__MASK__KEY=123456789012345678` arrives as one.
+/// Accepts a TOML number or boolean too and keeps its text, because
+/// librdkafka properties in `kafka.client_properties` are naturally written
+/// as `"linger.ms" = 5` or `"enable.idempotence" = true`. The mask key from
+/// the environment does not go through here: [`Config::load`] takes it
+/// verbatim.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
         #[derive(Deserialize)]
@@ -27,12 +30,14 @@ impl<'de> Deserialize<'de> for Secret {
             Unsigned(u64),
             Signed(i64),
             Float(f64),
+            Bool(bool),
         }
         Ok(Secret(match Text::deserialize(deserializer)? {
             Text::String(text) => text,
             Text::Unsigned(number) => number.to_string(),
             Text::Signed(number) => number.to_string(),
             Text::Float(number) => number.to_string(),
+            Text::Bool(flag) => flag.to_string(),
         }))
     }
 }
@@ -74,7 +79,35 @@ pub struct Config {
     pub window: WindowConfig,
     pub ticket: TicketConfig,
     pub archive: ArchiveConfig,
+    pub ingest: IngestConfig,
 }
+
+/// Environment variable whose exact text is the mask key. figment would read
+/// its value as TOML, so `1234567890123456.0` or `"quoted"` would arrive
+/// changed. [`Config::load`] takes it verbatim instead.
+pub const MASK_KEY_VARIABLE: &str = "BLAMELESS__MASK__KEY";
+
+/// Largest accepted value of the duration settings in seconds
+/// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
+/// window.out_of_orderness_secs and archive.snapshot_margin_secs): 7 days.
+pub const MAX_DURATION_SECS: u64 = 604_800;
+
+/// Event types that can be signals, and so the only keys of
+/// `window.thresholds`.
+pub const SIGNAL_EVENT_TYPES: [&str; 6] = [
+    "call_failed",
+    "ivr_error",
+    "api_connection_error",
+    "service_level_failure",
+    "agent_availability_drop",
+    "dependency_check",
+];
+
+/// Default of `ingest.max_payload_bytes`. It is below librdkafka's default
+/// `message.max.bytes` of 1000000 bytes (librdkafka CONFIGURATION.md), which
+/// caps what the producer sends, leaving room for the raw event's other
+/// fields and the record encoding.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900_000;
 
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +292,23 @@ impl Default for ArchiveConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest payload, in bytes, that ingest writes to `raw-events`; a
+    /// larger one is rejected with its origin and size. Default 900000
+    /// (`DEFAULT_MAX_PAYLOAD_BYTES`).
+    pub max_payload_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> IngestConfig {
+        IngestConfig {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("Configuration is invalid: {0}")]
@@ -272,7 +322,24 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads defaults, then `file` when given, then `BLAMELESS__` variables.
+    /// The mask key variable is taken verbatim.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mask_key = match std::env::var(MASK_KEY_VARIABLE) {
+            Ok(key) => Some(key),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{MASK_KEY_VARIABLE} is not valid UTF-8. Set it to a text secret of at least 16 characters"
+                )))
+            }
+        };
+        Config::load_with_mask_key(file, mask_key)
+    }
+
+    /// Loads like [`Config::load`], with `mask_key` standing for the value
+    /// of `BLAMELESS__MASK__KEY`, which is then used as the key exactly as
+    /// given. `mask.key_file`, when set, still replaces it.
+    pub fn load_with_mask_key(file: Option<&Path>, mask_key: Option<String>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -283,10 +350,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("BLAMELESS__").split("__"));
+        // The mask key is left out here and set from `mask_key` below.
+        figment = figment.merge(Env::prefixed("BLAMELESS__").split("__").ignore(&["mask.key"]));
         let mut config: Config = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        if let Some(key) = mask_key {
+            config.mask.key = Secret::new(key);
+        }
         config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
@@ -309,7 +380,26 @@ impl Config {
         if self.window.window_secs == 0 {
             problems.push("window.window_secs is 0; set a window length in seconds such as 300".to_string());
         }
+        for (name, value) in [
+            ("window.window_secs", self.window.window_secs),
+            ("window.quiet_secs", self.window.quiet_secs),
+            ("window.gate_min_duration_secs", self.window.gate_min_duration_secs),
+            ("window.out_of_orderness_secs", self.window.out_of_orderness_secs),
+            ("archive.snapshot_margin_secs", self.archive.snapshot_margin_secs),
+        ] {
+            if value > MAX_DURATION_SECS {
+                problems.push(format!(
+                    "{name} is {value}, above the limit of {MAX_DURATION_SECS} seconds (7 days); set a number of seconds up to {MAX_DURATION_SECS}"
+                ));
+            }
+        }
         for (event_type, count) in &self.window.thresholds {
+            if !SIGNAL_EVENT_TYPES.contains(&event_type.as_str()) {
+                problems.push(format!(
+                    "window.thresholds.{event_type} is not an event type that can be a signal; the known types are {}",
+                    SIGNAL_EVENT_TYPES.join(", ")
+                ));
+            }
             if *count == 0 {
                 problems.push(format!(
                     "window.thresholds.{event_type} is 0, which would open an incident on no signal; set 1 or more"
@@ -330,6 +420,11 @@ impl Config {
         }
         if self.stage.batch_max_records == 0 {
             problems.push("stage.batch_max_records is 0; set 1 or more".to_string());
+        }
+        if self.ingest.max_payload_bytes == 0 {
+            problems.push(format!(
+                "ingest.max_payload_bytes is 0; set a size in bytes such as {DEFAULT_MAX_PAYLOAD_BYTES}"
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -352,6 +447,17 @@ impl Config {
         }
         Ok(&self.mask.key)
     }
+}
+
+/// Formats every error of a figment extraction, one after another. Keys
+/// are shown without figment's `default.` profile prefix, because this
+/// program uses no profiles.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|single| single.to_string().replace("for key \"default.", "for key \""))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -396,9 +502,104 @@ mod tests {
     }
 
     #[test]
-    fn numeric_mask_key_from_environment_loads() {
-        let value: Secret = serde_json::from_str("123456789012345678").unwrap();
-        assert_eq!(value.expose(), "123456789012345678");
+    fn mask_key_from_environment_is_verbatim() {
+        let keys = [
+            "123456789012345678",
+            "1234567890123456.0",
+            "\"quoted-key-0123456789\"",
+            "0x1234567890abcdef",
+            " spaced key 0123456789 ",
+            "true",
+        ];
+        for key in keys {
+            let config = Config::load_with_mask_key(None, Some(key.to_string())).unwrap();
+            assert_eq!(config.mask.key.expose(), key);
+        }
+    }
+
+    #[test]
+    fn client_properties_accept_numbers_and_booleans() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[kafka.client_properties]\n\"linger.ms\" = 5\n\"enable.idempotence\" = true\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.kafka.client_properties["linger.ms"].expose(), "5");
+        assert_eq!(config.kafka.client_properties["enable.idempotence"].expose(), "true");
+    }
+
+    #[test]
+    fn mask_key_file_replaces_environment_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("mask.key");
+        std::fs::write(&key_file, "file-key-0123456789\n").unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, format!("[mask]\nkey_file = {:?}\n", key_file.display().to_string())).unwrap();
+        let config = Config::load_with_mask_key(Some(&path), Some("environment-key-0123".into())).unwrap();
+        assert_eq!(config.mask.key.expose(), "file-key-0123456789");
+    }
+
+    #[test]
+    fn durations_above_seven_days_are_rejected() {
+        let mut config = Config::default();
+        config.window.window_secs = u64::MAX;
+        config.window.quiet_secs = 604_801;
+        config.window.gate_min_duration_secs = 604_801;
+        config.window.out_of_orderness_secs = 604_801;
+        config.archive.snapshot_margin_secs = 604_801;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.window_secs is 18446744073709551615, above the limit of 604800 seconds"), "{error}");
+        for name in [
+            "window.quiet_secs",
+            "window.gate_min_duration_secs",
+            "window.out_of_orderness_secs",
+            "archive.snapshot_margin_secs",
+        ] {
+            assert!(error.contains(&format!("{name} is 604801")), "{name}: {error}");
+        }
+
+        let mut config = Config::default();
+        config.window.window_secs = MAX_DURATION_SECS;
+        config.archive.snapshot_margin_secs = MAX_DURATION_SECS;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_threshold_type_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[window.thresholds]\ncall_faild = 5\nagent_availability_drop = 2\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("window.thresholds.call_faild is not an event type that can be a signal"), "{error}");
+        assert!(error.contains("call_failed, ivr_error, api_connection_error"), "{error}");
+        assert!(!error.contains("agent_availability_drop is not"), "{error}");
+    }
+
+    #[test]
+    fn error_keys_have_no_profile_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        let cases = [
+            ("[window]\nwindow_sec = 120\n", "for key \"window.window_sec\""),
+            ("[window]\nquiet_secs = \"long\"\n", "for key \"window.quiet_secs\""),
+        ];
+        for (text, key) in cases {
+            std::fs::write(&path, text).unwrap();
+            let error = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(!error.contains("default."), "{error}");
+            assert!(error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn ingest_section_loads() {
+        assert_eq!(Config::default().ingest.max_payload_bytes, 900_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[ingest]\nmax_payload_bytes = 4096\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().ingest.max_payload_bytes, 4096);
+        std::fs::write(&path, "[ingest]\nmax_payload_byte = 4096\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("max_payload_byte"), "{error}");
     }
 
     #[test]

@@ -27,17 +27,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole pipeline on an input file.
+    /// Run the whole pipeline on an input file, in this process. To run on
+    /// Kafka, start each stage with `blameless stage NAME` instead.
     Run {
         /// Run every stage in this process over an in-memory log, with no
-        /// external service.
-        #[arg(long)]
+        /// external service. Required, because the embedded run is the only
+        /// mode of `run`.
+        #[arg(long, required = true)]
         embedded: bool,
-        /// JSON Lines file, or a folder of .json files, of raw platform
-        /// payloads.
+        /// Raw platform payloads: a JSON Lines file, a .json file holding
+        /// one payload, or a folder of .json and .jsonl files.
         #[arg(long)]
         input: PathBuf,
-        /// Folder for the archive and the ticket outbox (default `out`).
+        /// Folder for the archive and the ticket outbox, unless the
+        /// configuration names them.
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
@@ -45,23 +48,25 @@ enum Command {
     Stage {
         /// ingest, normalize, mask, window, ticket or archive.
         name: String,
-        /// Input of the ingest stage: JSON Lines or a folder of .json files.
+        /// Input of the ingest stage, the only stage that reads a file: a
+        /// JSON Lines file, a .json file holding one payload, or a folder of
+        /// .json and .jsonl files.
         #[arg(long)]
         input: Option<PathBuf>,
     },
     /// Print the normalized events of an input as JSON Lines, with no Kafka.
     /// They still carry personal data: use it on test data or locally.
     Normalize {
-        /// JSON Lines file, or a folder of .json files, of raw platform
-        /// payloads.
+        /// Raw platform payloads: a JSON Lines file, a .json file holding
+        /// one payload, or a folder of .json and .jsonl files.
         #[arg(long)]
         input: PathBuf,
     },
     /// Print the masked events of an input as JSON Lines, as the masked
     /// topic and the archive would hold them.
     Mask {
-        /// JSON Lines file, or a folder of .json files, of raw platform
-        /// payloads.
+        /// Raw platform payloads: a JSON Lines file, a .json file holding
+        /// one payload, or a folder of .json and .jsonl files.
         #[arg(long)]
         input: PathBuf,
     },
@@ -109,16 +114,23 @@ fn init_tracing() {
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Run { embedded, input, out } => {
-            if !embedded {
-                anyhow::bail!("`blameless run` needs --embedded; to run on Kafka, start each stage with `blameless stage NAME`");
-            }
+        Command::Run { embedded: _, input, out } => {
+            // clap rejects `run` without --embedded, so this is the embedded run.
             apply_out_dir(&mut config, &out);
             let report = app::run_embedded(&config, &input).await?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
         Command::Stage { name, input } => {
+            if let Some(path) = &input {
+                if name != "ingest" && app::CONSUMING_STAGES.contains(&name.as_str()) {
+                    anyhow::bail!(
+                        "--input {} was given to the {name} stage, but only the ingest stage reads an input file; the {name} stage reads its Kafka topic. Leave out --input, or run `blameless stage ingest --input {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
             app::run_kafka_stage(&name, &config, input.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }

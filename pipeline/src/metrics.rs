@@ -113,20 +113,104 @@ impl Default for Metrics {
 }
 
 /// Serves `/metrics` and `/health` on `address` until the process ends.
+/// Equivalent to [`bind`] followed by [`serve_on`].
 pub async fn serve(address: &str, metrics: Metrics) -> anyhow::Result<()> {
-    let address: SocketAddr = address.parse().map_err(|e| {
-        anyhow::anyhow!("metrics.address {address:?} is not a socket address such as 127.0.0.1:9464: {e}")
-    })?;
+    let listener = bind(address).await?;
+    serve_on(listener, metrics).await
+}
+
+/// Opens the metrics listener on `address`, a `host:port` such as
+/// `127.0.0.1:9464`, `[::1]:9464` or `localhost:9464`. A host name is
+/// resolved, and each of its addresses is tried in turn. Returns an error
+/// for an invalid address, a host that does not resolve, or a port that is
+/// in use, so a caller can stop before starting its work.
+pub async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let candidates: Vec<SocketAddr> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "metrics.address {address:?} is not a usable host:port such as 127.0.0.1:9464 or localhost:9464: {e}"
+            )
+        })?
+        .collect();
+    let mut last_error = None;
+    for candidate in &candidates {
+        match tokio::net::TcpListener::bind(candidate).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some((candidate, error)),
+        }
+    }
+    match last_error {
+        Some((candidate, error)) => Err(anyhow::anyhow!(
+            "could not listen on metrics.address {address:?} ({candidate}): {error}. Choose a free port, or set metrics.address to \"\" to turn the server off"
+        )),
+        None => Err(anyhow::anyhow!(
+            "metrics.address {address:?} resolved to no address; use a host:port such as 127.0.0.1:9464"
+        )),
+    }
+}
+
+/// Serves `/metrics` and `/health` on an open listener until the process
+/// ends or the server fails.
+pub async fn serve_on(listener: tokio::net::TcpListener, metrics: Metrics) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(move || {
             let metrics = metrics.clone();
             async move { metrics.render() }
         }))
         .route("/health", get(|| async { "ok\n" }));
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| anyhow::anyhow!("could not listen on metrics.address {address}: {e}"))?;
+    let address = listener.local_addr()?;
     tracing::info!(%address, "Serving metrics and health.");
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sends a GET over plain HTTP/1.1 and returns the whole response.
+    async fn get_text(address: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn bind_rejects_invalid_address() {
+        for address in ["not an address", "127.0.0.1", "127.0.0.1:99999"] {
+            let error = bind(address).await.unwrap_err().to_string();
+            assert!(error.contains(&format!("metrics.address {address:?}")), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_rejects_port_in_use() {
+        let occupied = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = occupied.local_addr().unwrap().to_string();
+        let error = bind(&address).await.unwrap_err().to_string();
+        assert!(error.contains("could not listen on metrics.address"), "{error}");
+        assert!(error.contains("Choose a free port"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn localhost_name_binds_and_serves() {
+        let listener = bind("localhost:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        assert!(address.ip().is_loopback(), "{address}");
+        let metrics = Metrics::new();
+        metrics.stage("normalize").records_in.inc();
+        let server = tokio::spawn(serve_on(listener, metrics));
+
+        let health = get_text(address, "/health").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(health.ends_with("ok\n"), "{health}");
+        let rendered = get_text(address, "/metrics").await;
+        assert!(rendered.contains("blameless_records_in_total{stage=\"normalize\"} 1"), "{rendered}");
+        server.abort();
+    }
 }

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{derive_id, parse_time_ms, text_field};
+use super::{derive_id, id_field, parse_time_ms, scrubbed_text_field, text_field};
 use crate::model::{NormalizedEvent, RawEvent};
+use crate::scrub::scrub_text;
 
 pub const PLATFORM: &str = "genesys_cloud_cx";
 
@@ -22,18 +23,24 @@ pub const PLATFORM: &str = "genesys_cloud_cx";
 /// dots or underscores and any case.
 const FAILED_DISCONNECT_TYPES: [&str; 2] = ["error", "transport_failure"];
 
-/// Fields of an event body that carry no personal data and are kept.
-const KEPT_ATTRIBUTES: [(&str, &str); 9] = [
+/// Ids of an event body that name no person and are kept as attributes.
+const KEPT_IDS: [(&str, &str); 3] = [("queueId", "queue_id"), ("flowId", "flow_id"), ("divisionId", "division_id")];
+
+/// Free-text fields of an event body that are kept as attributes after
+/// scrubbing, because a crafted or misconfigured value could hold personal
+/// data.
+const KEPT_TEXT: [(&str, &str); 4] = [
     ("disconnectType", "disconnect_type"),
-    ("mediaType", "media_type"),
-    ("direction", "direction"),
     ("provider", "provider"),
-    ("queueId", "queue_id"),
-    ("flowId", "flow_id"),
     ("flowType", "flow_type"),
     ("flowOutcomeValue", "flow_outcome_value"),
-    ("divisionId", "division_id"),
 ];
+
+/// Genesys Cloud media types, upper-case. `CALL` is accepted as a spelling
+/// of `VOICE`.
+const MEDIA_TYPES: [&str; 8] = ["VOICE", "CHAT", "MESSAGE", "EMAIL", "CALLBACK", "SCREENSHARE", "COBROWSE", "VIDEO"];
+
+const DIRECTIONS: [&str; 2] = ["INBOUND", "OUTBOUND"];
 
 pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
     let (topic, body) = match payload.get("detail") {
@@ -59,8 +66,14 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
     };
 
     let conversation_id = text_field(body, "conversationId");
-    let media = text_field(body, "mediaType").unwrap_or_else(|| "VOICE".into());
-    let direction = text_field(body, "direction").unwrap_or_else(|| "INBOUND".into());
+    let media = match text_field(body, "mediaType") {
+        Some(value) => media_type(&value).map_err(|e| format!("Genesys event on {topic}: {e}"))?,
+        None => "VOICE",
+    };
+    let direction = match text_field(body, "direction") {
+        Some(value) => direction_of(&value).map_err(|e| format!("Genesys event on {topic}: {e}"))?,
+        None => "INBOUND",
+    };
     let disconnect = text_field(body, "disconnectType");
 
     let (event_type, failed, total) = match event {
@@ -83,8 +96,15 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
 
     let mut attributes = BTreeMap::new();
     attributes.insert("genesys_event".to_string(), event.to_string());
-    for (field, name) in KEPT_ATTRIBUTES {
-        if let Some(value) = text_field(body, field) {
+    attributes.insert("media_type".to_string(), media.to_string());
+    attributes.insert("direction".to_string(), direction.to_string());
+    for (field, name) in KEPT_IDS {
+        if let Some(value) = id_field(body, field) {
+            attributes.insert(name.to_string(), value);
+        }
+    }
+    for (field, name) in KEPT_TEXT {
+        if let Some(value) = scrubbed_text_field(body, field) {
             attributes.insert(name.to_string(), value);
         }
     }
@@ -92,11 +112,11 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
     let touchpoint = if event == "flow.outcome" {
         "ivr"
     } else {
-        touchpoint_for_media(&media)
+        touchpoint_for_media(media)
     };
     // The customer's number is the caller (ani) inbound and the called party
     // (dnis) outbound.
-    let phone_field = if direction.eq_ignore_ascii_case("OUTBOUND") { "dnis" } else { "ani" };
+    let phone_field = if direction == "OUTBOUND" { "dnis" } else { "ani" };
     let phone_number = text_field(body, phone_field);
 
     let event_id = derive_id(&[
@@ -114,7 +134,7 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
         delivery: raw.delivery.clone(),
         event_time_ms,
         received_at_ms: raw.received_at_ms,
-        affected_service: service_for(&media, &direction),
+        affected_service: service_for(media, direction),
         conversation_id,
         touchpoint: Some(touchpoint.to_string()),
         agent_id: text_field(body, "userId"),
@@ -145,8 +165,34 @@ fn is_failed_disconnect(disconnect: &str) -> bool {
     FAILED_DISCONNECT_TYPES.contains(&canonical.as_str())
 }
 
+/// Returns the canonical spelling of a known `mediaType`, or an error naming
+/// the scrubbed value and the known types.
+fn media_type(value: &str) -> Result<&'static str, String> {
+    let upper = value.trim().to_ascii_uppercase();
+    let canonical = if upper == "CALL" { "VOICE" } else { upper.as_str() };
+    MEDIA_TYPES.into_iter().find(|known| *known == canonical).ok_or_else(|| {
+        format!(
+            "eventBody.mediaType {:?} is not a Genesys Cloud media type; expected one of VOICE (or CALL), {}",
+            scrub_text(value),
+            MEDIA_TYPES[1..].join(", ")
+        )
+    })
+}
+
+/// Returns the canonical spelling of a known `direction`, or an error naming
+/// the scrubbed value.
+fn direction_of(value: &str) -> Result<&'static str, String> {
+    let upper = value.trim().to_ascii_uppercase();
+    DIRECTIONS.into_iter().find(|known| *known == upper).ok_or_else(|| {
+        format!(
+            "eventBody.direction {:?} is not a Genesys Cloud direction; expected INBOUND or OUTBOUND",
+            scrub_text(value)
+        )
+    })
+}
+
 fn touchpoint_for_media(media: &str) -> &'static str {
-    match media.to_ascii_uppercase().as_str() {
+    match media {
         "CHAT" => "webchat",
         "MESSAGE" => "message",
         "CALLBACK" => "callback",
@@ -156,7 +202,8 @@ fn touchpoint_for_media(media: &str) -> &'static str {
 }
 
 /// Names the service by the default rule, media type and direction, such as
-/// `voice_inbound`.
+/// `voice_inbound`. Callers pass checked values from `MEDIA_TYPES` and
+/// `DIRECTIONS`, never payload text.
 pub fn service_for(media: &str, direction: &str) -> String {
     format!("{}_{}", media.to_ascii_lowercase(), direction.to_ascii_lowercase())
 }
@@ -221,6 +268,63 @@ mod tests {
         let event = normalize_fixture(&format!("{FIXTURES}eventbridge-detail-customer-start-chat-blueprint-fixture.json"));
         assert_eq!(event.touchpoint.as_deref(), Some("webchat"));
         assert_eq!(event.affected_service, "chat_inbound");
+    }
+
+    const CRAFTED_NAME: &str = "Callback line +1 317 999 0001 owner leakme.person@example.org";
+
+    fn body_event(body: &str) -> Result<Vec<NormalizedEvent>, String> {
+        let text = format!(r#"{{"topicName":"v2.detail.events.conversation.c1.customer.end","eventBody":{body}}}"#);
+        let value: Value = serde_json::from_str(&text).unwrap();
+        normalize(&raw(&text), &value)
+    }
+
+    fn assert_no_leak(text: &str) {
+        assert!(!text.contains("leakme"), "{text}");
+        assert!(!text.contains("999 0001"), "{text}");
+    }
+
+    #[test]
+    fn crafted_media_type_is_rejected() {
+        let error = body_event(&format!(r#"{{"eventTime":1765551713383,"mediaType":"{CRAFTED_NAME}"}}"#)).unwrap_err();
+        assert!(error.contains("is not a Genesys Cloud media type"), "{error}");
+        assert!(error.contains("[PHONE]"), "{error}");
+        assert!(error.contains("[EMAIL]"), "{error}");
+        assert_no_leak(&error);
+    }
+
+    #[test]
+    fn crafted_direction_is_rejected() {
+        let error = body_event(&format!(r#"{{"eventTime":1765551713383,"direction":"{CRAFTED_NAME}"}}"#)).unwrap_err();
+        assert!(error.contains("expected INBOUND or OUTBOUND"), "{error}");
+        assert_no_leak(&error);
+    }
+
+    #[test]
+    fn crafted_provider_is_scrubbed() {
+        let event = body_event(&format!(r#"{{"eventTime":1765551713383,"provider":"{CRAFTED_NAME}"}}"#))
+            .unwrap()
+            .remove(0);
+        assert_eq!(event.attributes["provider"], "Callback line [PHONE] owner [EMAIL]");
+        assert_no_leak(&format!("{event:?}"));
+    }
+
+    #[test]
+    fn media_type_spellings_are_canonical() {
+        let cases = [("CALL", "INBOUND", "voice_inbound"), ("chat", "outbound", "chat_outbound"), ("Video", "Inbound", "video_inbound")];
+        for (media, direction, service) in cases {
+            let body = format!(r#"{{"eventTime":1765551713383,"mediaType":"{media}","direction":"{direction}"}}"#);
+            let event = body_event(&body).unwrap().remove(0);
+            assert_eq!(event.affected_service, service, "{media} {direction}");
+            assert_eq!(event.attributes["media_type"], service.split('_').next().unwrap().to_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn epoch_seconds_event_time_is_rejected() {
+        let error = body_event(r#"{"eventTime":1765548000}"#).unwrap_err();
+        assert!(error.contains("unusable eventBody.eventTime"), "{error}");
+        assert!(error.contains("event time 1765548000 is out of range"), "{error}");
+        assert!(error.contains("looks like epoch seconds"), "{error}");
     }
 
     #[test]

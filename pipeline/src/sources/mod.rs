@@ -6,11 +6,12 @@ pub mod genesys;
 pub mod nice;
 pub mod synthetics;
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::model::{NormalizedEvent, RawEvent};
+use crate::scrub::scrub_text;
 
 /// The platform a payload comes from, recognized by its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,15 +113,28 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
+/// Start of the accepted event times, 2000-01-01T00:00:00Z, in epoch
+/// milliseconds.
+pub const MIN_EVENT_TIME_MS: i64 = 946_684_800_000;
+/// End of the accepted event times, 2100-01-01T00:00:00Z, in epoch
+/// milliseconds. The end itself is out of range.
+pub const MAX_EVENT_TIME_MS: i64 = 4_102_444_800_000;
+
 /// Parses a platform timestamp into UTC milliseconds: epoch milliseconds as a
 /// number or a numeric string, or ISO-8601 with `Z` or an offset. An
-/// ISO-8601 time without a zone is read as UTC.
+/// ISO-8601 time without a zone is read as UTC. A time outside
+/// [`MIN_EVENT_TIME_MS`]..[`MAX_EVENT_TIME_MS`] is an error naming the value.
 pub fn parse_time_ms(value: &Value) -> Result<i64, String> {
+    let time_ms = parse_time_ms_unchecked(value)?;
+    check_event_time(time_ms, &display_value(value))
+}
+
+/// Parses a timestamp like [`parse_time_ms`] but accepts any time that fits
+/// an `i64` of milliseconds, for callers that check the range later. A
+/// number beyond `i64` is an error instead of a saturated value.
+pub fn parse_time_ms_unchecked(value: &Value) -> Result<i64, String> {
     match value {
-        Value::Number(number) => number
-            .as_i64()
-            .or_else(|| number.as_f64().map(|f| f as i64))
-            .ok_or_else(|| format!("timestamp {number} is not an integer of epoch milliseconds")),
+        Value::Number(number) => number_time_ms(number),
         Value::String(text) => parse_time_text(text),
         other => Err(format!(
             "timestamp is a JSON {}, expected epoch milliseconds or an ISO-8601 string",
@@ -129,10 +143,30 @@ pub fn parse_time_ms(value: &Value) -> Result<i64, String> {
     }
 }
 
+/// Converts a JSON number of epoch milliseconds. A fraction of a millisecond
+/// is dropped.
+fn number_time_ms(number: &serde_json::Number) -> Result<i64, String> {
+    if let Some(millis) = number.as_i64() {
+        return Ok(millis);
+    }
+    // `as_f64` is exact for the integers of the accepted range, and the
+    // bounds check keeps the cast below from saturating.
+    match number.as_f64() {
+        Some(millis) if millis.is_finite() && millis >= i64::MIN as f64 && millis < i64::MAX as f64 => {
+            Ok(millis.trunc() as i64)
+        }
+        _ => Err(out_of_range_message(&number.to_string(), None)),
+    }
+}
+
 fn parse_time_text(text: &str) -> Result<i64, String> {
     let trimmed = text.trim();
     if let Ok(millis) = trimmed.parse::<i64>() {
         return Ok(millis);
+    }
+    let digits = trimmed.strip_prefix('-').unwrap_or(trimmed);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(out_of_range_message(&format!("{trimmed:?}"), None));
     }
     if let Ok(time) = DateTime::parse_from_rfc3339(trimmed) {
         return Ok(time.timestamp_millis());
@@ -148,6 +182,81 @@ fn parse_time_text(text: &str) -> Result<i64, String> {
     ))
 }
 
+/// Returns `time_ms` when it is in the accepted range, or an error naming
+/// `value_text`, the value as the payload gave it. A value that would be in
+/// range as epoch seconds gets a hint saying so.
+pub fn check_event_time(time_ms: i64, value_text: &str) -> Result<i64, String> {
+    if (MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(&time_ms) {
+        return Ok(time_ms);
+    }
+    let as_seconds = time_ms
+        .checked_mul(1000)
+        .filter(|ms| (MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(ms));
+    let hint = as_seconds.map(|ms| {
+        format!(
+            "It looks like epoch seconds ({} when read as seconds); send epoch milliseconds instead",
+            iso_utc(ms)
+        )
+    });
+    Err(out_of_range_message(value_text, hint))
+}
+
+/// Converts a JSON number of whole epoch seconds, as Pingdom sends them, to
+/// checked epoch milliseconds. A value that would be in range as
+/// milliseconds gets a hint saying so.
+pub fn epoch_seconds_to_ms(number: &serde_json::Number) -> Result<i64, String> {
+    let value_text = number.to_string();
+    let Some(seconds) = number.as_i64() else {
+        return Err(format!("{value_text} is not whole epoch seconds"));
+    };
+    let in_range = |ms: i64| (MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS).contains(&ms);
+    match seconds.checked_mul(1000) {
+        Some(ms) if in_range(ms) => Ok(ms),
+        _ if in_range(seconds) => Err(out_of_range_message(
+            &value_text,
+            Some(format!(
+                "It looks like epoch milliseconds ({}), but this field is in epoch seconds",
+                iso_utc(seconds)
+            )),
+        )),
+        _ => Err(out_of_range_message(&value_text, None)),
+    }
+}
+
+fn out_of_range_message(value_text: &str, hint: Option<String>) -> String {
+    let mut message = format!(
+        "event time {value_text} is out of range: accepted event times are from 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+    );
+    if let Some(hint) = hint {
+        message.push_str(". ");
+        message.push_str(&hint);
+    }
+    message
+}
+
+/// Returns a timestamp value as a message quotes it: strings in quotes,
+/// numbers as JSON prints them.
+fn display_value(value: &Value) -> String {
+    match value {
+        Value::String(text) => format!("{:?}", text.trim()),
+        other => other.to_string(),
+    }
+}
+
+fn iso_utc(time_ms: i64) -> String {
+    DateTime::from_timestamp_millis(time_ms)
+        .map(|time| time.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("{time_ms} ms"))
+}
+
+/// Reads a field like [`text_field`] and scrubs personal data from it. It is
+/// for free text that a payload gives as a name, such as a check title or a
+/// skill name, which becomes a service name, a dependency name, an attribute
+/// or a message.
+pub fn scrubbed_text_field(object: &Value, name: &str) -> Option<String> {
+    text_field(object, name).map(|text| scrub_text(&text))
+}
+
 /// Reads a string field that may arrive as a JSON string or number.
 pub fn text_field(object: &Value, name: &str) -> Option<String> {
     match object.get(name)? {
@@ -155,6 +264,18 @@ pub fn text_field(object: &Value, name: &str) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// Reads an id field such as a queue or business unit id. A value made only
+/// of ASCII letters, digits, `-` and `_` is kept as it is, so UUIDs and
+/// numeric ids survive, and any other text is scrubbed like a name.
+pub fn id_field(object: &Value, name: &str) -> Option<String> {
+    let text = text_field(object, name)?;
+    if text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Some(text)
+    } else {
+        Some(scrub_text(&text))
     }
 }
 
@@ -216,6 +337,60 @@ mod tests {
     fn unparseable_timestamp_names_the_value() {
         let error = parse_time_ms(&json!("yesterday")).unwrap_err();
         assert!(error.contains("\"yesterday\""), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_times_are_rejected() {
+        let cases = [
+            // serde_json reads an integer beyond u64 as a float.
+            ("99999999999999999999999", "1e+23"),
+            ("1e300", "1e+300"),
+            ("-1e300", "-1e+300"),
+            ("8640000000000000", "8640000000000000"),
+            ("1765548000", "1765548000"),
+            ("946684799999", "946684799999"),
+            ("4102444800000", "4102444800000"),
+            (r#""99999999999999999999999""#, r#""99999999999999999999999""#),
+            (r#""2150-01-01T00:00:00Z""#, r#""2150-01-01T00:00:00Z""#),
+            (r#""1999-12-31T23:59:59Z""#, r#""1999-12-31T23:59:59Z""#),
+        ];
+        for (input, value_text) in cases {
+            let value: Value = serde_json::from_str(input).unwrap();
+            let error = parse_time_ms(&value).unwrap_err();
+            assert!(error.contains(&format!("event time {value_text} is out of range")), "{input}: {error}");
+            assert!(error.contains("2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"), "{input}: {error}");
+        }
+    }
+
+    #[test]
+    fn epoch_seconds_get_a_hint() {
+        let error = parse_time_ms(&json!(1765548000)).unwrap_err();
+        assert!(error.contains("looks like epoch seconds (2025-12-12T14:00:00Z"), "{error}");
+        let error = parse_time_ms(&json!("1765548000")).unwrap_err();
+        assert!(error.contains("looks like epoch seconds"), "{error}");
+        let error = parse_time_ms(&json!(8_640_000_000_000_000_i64)).unwrap_err();
+        assert!(!error.contains("epoch seconds"), "{error}");
+    }
+
+    #[test]
+    fn range_bounds_and_floats() {
+        assert_eq!(parse_time_ms(&json!(946_684_800_000_i64)), Ok(946_684_800_000));
+        assert_eq!(parse_time_ms(&json!(4_102_444_799_999_i64)), Ok(4_102_444_799_999));
+        assert_eq!(parse_time_ms(&json!(1_765_551_713_383.7)), Ok(1_765_551_713_383));
+        assert_eq!(parse_time_ms_unchecked(&json!(1765548000)), Ok(1_765_548_000));
+        assert!(parse_time_ms_unchecked(&json!(1e300)).is_err());
+    }
+
+    #[test]
+    fn epoch_seconds_convert_with_checks() {
+        let number = |n: i64| serde_json::Number::from(n);
+        assert_eq!(epoch_seconds_to_ms(&number(1_451_610_061)), Ok(1_451_610_061_000));
+        let error = epoch_seconds_to_ms(&number(1_451_610_061_000)).unwrap_err();
+        assert!(error.contains("looks like epoch milliseconds (2016-01-01T01:01:01Z)"), "{error}");
+        let error = epoch_seconds_to_ms(&number(i64::MAX)).unwrap_err();
+        assert!(error.contains("event time 9223372036854775807 is out of range"), "{error}");
+        let fraction = serde_json::Number::from_f64(1_451_610_061.5).unwrap();
+        assert!(epoch_seconds_to_ms(&fraction).unwrap_err().contains("not whole epoch seconds"));
     }
 
     #[test]

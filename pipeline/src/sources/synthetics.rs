@@ -1,17 +1,20 @@
 //! Synthetic end-to-end checks of the systems behind the contact center
 //! (Datadog Synthetics and Pingdom webhooks) become `dependency_check` events
-//! under the checked dependency's name.
+//! under the checked dependency's name. Names, locations and messages are
+//! scrubbed of personal data here, because they become service names and
+//! dependency fields.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{derive_id, parse_time_ms, slug, text_field};
+use super::{derive_id, epoch_seconds_to_ms, id_field, parse_time_ms, scrubbed_text_field, slug, text_field};
 use crate::model::{DependencyCheck, NormalizedEvent, RawEvent};
+use crate::scrub::scrub_text;
 
 pub fn normalize_datadog(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
     let title = text_field(payload, "title").unwrap_or_default();
-    let name = strip_title_tags(&title);
+    let name = scrub_text(&strip_title_tags(&title));
     if name.is_empty() {
         return Err("Datadog webhook has no title naming the checked dependency".into());
     }
@@ -28,8 +31,8 @@ pub fn normalize_datadog(raw: &RawEvent, payload: &Value) -> Result<Vec<Normaliz
     let id = text_field(payload, "id").unwrap_or_else(|| raw.event_id.clone());
 
     let mut attributes = BTreeMap::new();
-    attributes.insert("alert_transition".to_string(), transition);
-    if let Some(event_type) = text_field(payload, "event_type") {
+    attributes.insert("alert_transition".to_string(), scrub_text(&transition));
+    if let Some(event_type) = scrubbed_text_field(payload, "event_type") {
         attributes.insert("datadog_event_type".to_string(), event_type);
     }
     Ok(vec![dependency_event(
@@ -45,15 +48,16 @@ pub fn normalize_datadog(raw: &RawEvent, payload: &Value) -> Result<Vec<Normaliz
 }
 
 pub fn normalize_pingdom(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
-    let name = text_field(payload, "check_name")
-        .or_else(|| text_field(payload, "check_id"))
+    let check_id = id_field(payload, "check_id").unwrap_or_default();
+    let name = scrubbed_text_field(payload, "check_name")
+        .or_else(|| (!check_id.is_empty()).then(|| format!("check {check_id}")))
         .ok_or("Pingdom webhook has neither check_name nor check_id")?;
     let state = text_field(payload, "current_state").ok_or("Pingdom webhook has no current_state")?;
     let event_time_ms = match payload.get("state_changed_timestamp") {
         // Pingdom sends epoch seconds here.
-        Some(Value::Number(seconds)) => seconds.as_i64().map(|s| s * 1000).ok_or_else(|| {
-            format!("Pingdom state_changed_timestamp {seconds} is not whole epoch seconds")
-        })?,
+        Some(Value::Number(seconds)) => {
+            epoch_seconds_to_ms(seconds).map_err(|e| format!("Pingdom state_changed_timestamp: {e}"))?
+        }
         _ => {
             let utc = payload.get("state_changed_utc_time").ok_or(
                 "Pingdom webhook has neither state_changed_timestamp nor state_changed_utc_time",
@@ -63,15 +67,14 @@ pub fn normalize_pingdom(raw: &RawEvent, payload: &Value) -> Result<Vec<Normaliz
     };
     let location = payload
         .get("first_probe")
-        .and_then(|probe| text_field(probe, "location"));
-    let check_id = text_field(payload, "check_id").unwrap_or_default();
+        .and_then(|probe| scrubbed_text_field(probe, "location"));
 
     let mut attributes = BTreeMap::new();
-    attributes.insert("check_state".to_string(), state.clone());
-    if let Some(previous) = text_field(payload, "previous_state") {
+    attributes.insert("check_state".to_string(), scrub_text(&state));
+    if let Some(previous) = scrubbed_text_field(payload, "previous_state") {
         attributes.insert("previous_state".to_string(), previous);
     }
-    if let Some(check_type) = text_field(payload, "check_type") {
+    if let Some(check_type) = scrubbed_text_field(payload, "check_type") {
         attributes.insert("check_type".to_string(), check_type);
     }
     let mut event = dependency_event(
@@ -84,10 +87,13 @@ pub fn normalize_pingdom(raw: &RawEvent, payload: &Value) -> Result<Vec<Normaliz
         event_time_ms,
         attributes,
     );
-    event.message = text_field(payload, "description");
+    event.message = scrubbed_text_field(payload, "description");
     Ok(vec![event])
 }
 
+/// Builds a `dependency_check` event. `name` and `location` must already be
+/// scrubbed, because they become the service name and dependency fields,
+/// which the mask stage passes through.
 #[allow(clippy::too_many_arguments)]
 fn dependency_event(
     raw: &RawEvent,
@@ -164,6 +170,76 @@ mod tests {
         assert_eq!(dependency.location.as_deref(), Some("Stockholm, Sweden"));
         assert_eq!(event.event_time_ms, 1_451_610_061_000);
         assert_eq!(event.affected_service, "dependency_name_of_http_check");
+    }
+
+    const CRAFTED_NAME: &str = "Callback line +1 317 999 0001 owner leakme.person@example.org";
+
+    fn assert_no_leak(event: &NormalizedEvent) {
+        let text = format!("{event:?}");
+        assert!(!text.contains("leakme"), "{text}");
+        assert!(!text.contains("999 0001"), "{text}");
+    }
+
+    #[test]
+    fn pingdom_crafted_name_is_scrubbed() {
+        let payload = serde_json::json!({
+            "check_id": 1827179,
+            "check_name": CRAFTED_NAME,
+            "current_state": "DOWN",
+            "previous_state": CRAFTED_NAME,
+            "check_type": CRAFTED_NAME,
+            "description": CRAFTED_NAME,
+            "state_changed_timestamp": 1_451_610_061,
+            "first_probe": {"location": CRAFTED_NAME},
+        });
+        let event = normalize_pingdom(&raw(), &payload).unwrap().remove(0);
+        assert_eq!(event.affected_service, "dependency_callback_line_phone_owner_email");
+        let dependency = event.dependency.clone().unwrap();
+        assert_eq!(dependency.name, "Callback line [PHONE] owner [EMAIL]");
+        assert_eq!(dependency.location.as_deref(), Some("Callback line [PHONE] owner [EMAIL]"));
+        assert_eq!(event.message.as_deref(), Some("Callback line [PHONE] owner [EMAIL]"));
+        assert_no_leak(&event);
+    }
+
+    #[test]
+    fn pingdom_without_name_uses_check_id() {
+        let payload = serde_json::json!({"check_id": 1827179, "current_state": "UP", "state_changed_timestamp": 1_451_610_061});
+        let event = normalize_pingdom(&raw(), &payload).unwrap().remove(0);
+        assert_eq!(event.affected_service, "dependency_check_1827179");
+    }
+
+    #[test]
+    fn pingdom_milliseconds_are_rejected() {
+        let payload = serde_json::json!({"check_id": 1, "current_state": "UP", "state_changed_timestamp": 1_451_610_061_000_i64});
+        let error = normalize_pingdom(&raw(), &payload).unwrap_err();
+        assert!(error.contains("state_changed_timestamp"), "{error}");
+        assert!(error.contains("looks like epoch milliseconds"), "{error}");
+        let payload = serde_json::json!({"check_id": 1, "current_state": "UP", "state_changed_timestamp": i64::MAX});
+        assert!(normalize_pingdom(&raw(), &payload).unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn datadog_crafted_title_is_scrubbed() {
+        let payload = serde_json::json!({
+            "title": format!("[P2] [Triggered] [Synthetics] {CRAFTED_NAME}"),
+            "event_type": "synthetics_alert",
+            "date": "1773489470000",
+            "alert": {"alert_transition": "Triggered"},
+        });
+        let event = normalize_datadog(&raw(), &payload).unwrap().remove(0);
+        assert_eq!(event.affected_service, "dependency_callback_line_phone_owner_email");
+        assert_eq!(event.dependency.clone().unwrap().name, "Callback line [PHONE] owner [EMAIL]");
+        assert_no_leak(&event);
+    }
+
+    #[test]
+    fn datadog_out_of_range_date_is_rejected() {
+        for date in [serde_json::json!(1e300), serde_json::json!("8640000000000000"), serde_json::json!(1_773_489_470)] {
+            let payload = serde_json::json!({"title": "CRM", "date": date, "alert": {"alert_transition": "Triggered"}});
+            let error = normalize_datadog(&raw(), &payload).unwrap_err();
+            assert!(error.contains("Datadog webhook date: event time"), "{error}");
+            assert!(error.contains("is out of range"), "{error}");
+        }
     }
 
     #[test]

@@ -124,6 +124,59 @@ impl ArchiveStore {
             })
     }
 
+    /// Returns the names of the folders directly under `relative`, such as
+    /// `date=2025-12-12`, without listing the objects inside them.
+    async fn list_folders(&self, relative: &str) -> Result<Vec<String>, ArchiveError> {
+        let prefix = self.path(relative);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|source| ArchiveError::Store {
+                location: self.url_of(relative),
+                source,
+            })?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|folder| folder.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Returns the hot-tier folders of `service` whose hour overlaps
+    /// `from_ms..=to_ms`, in time order. Only folders that exist are listed,
+    /// so the cost follows the archive's size, not the span of the interval.
+    async fn service_hour_folders(&self, service: &str, from_ms: i64, to_ms: i64) -> Result<Vec<String>, ArchiveError> {
+        const HOUR_MS: i64 = 3_600_000;
+        const DAY_MS: i64 = 24 * HOUR_MS;
+        let overlaps = |start_ms: i64, length_ms: i64| start_ms <= to_ms && start_ms.saturating_add(length_ms) > from_ms;
+
+        let mut dates: Vec<(i64, String)> = Vec::new();
+        for folder in self.list_folders("").await? {
+            let Some(date) = folder.strip_prefix("date=") else { continue };
+            let Ok(day) = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d") else { continue };
+            let day_start_ms = day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis();
+            if overlaps(day_start_ms, DAY_MS) {
+                dates.push((day_start_ms, folder));
+            }
+        }
+        dates.sort();
+
+        let mut folders = Vec::new();
+        for (day_start_ms, date_folder) in dates {
+            let mut hours: Vec<i64> = Vec::new();
+            for folder in self.list_folders(&date_folder).await? {
+                let Some(hour) = folder.strip_prefix("hour=").and_then(|h| h.parse::<i64>().ok()) else { continue };
+                if (0..24).contains(&hour) && overlaps(day_start_ms + hour * HOUR_MS, HOUR_MS) {
+                    hours.push(hour);
+                }
+            }
+            hours.sort();
+            folders.extend(hours.into_iter().map(|hour| format!("{date_folder}/hour={hour:02}/service={service}")));
+        }
+        Ok(folders)
+    }
+
     async fn read_events(&self, path: &StorePath) -> Result<Vec<MaskedEvent>, ArchiveError> {
         let location = path.to_string();
         let bytes = self
@@ -274,13 +327,16 @@ pub async fn write_snapshot(
     incident: &IncidentEvent,
     margin_ms: i64,
 ) -> Result<SnapshotManifest, ArchiveError> {
-    let from_ms = incident.timestamp_start_ms - margin_ms;
-    let to_ms = incident.timestamp_end_ms.unwrap_or(incident.last_signal_ms) + margin_ms;
+    // Saturating, so a time near the ends of i64 widens to the end instead
+    // of wrapping around.
+    let from_ms = incident.timestamp_start_ms.saturating_sub(margin_ms);
+    let to_ms = incident
+        .timestamp_end_ms
+        .unwrap_or(incident.last_signal_ms)
+        .saturating_add(margin_ms);
     let mut events = Vec::new();
-    let mut hour = from_ms - from_ms.rem_euclid(3_600_000);
-    while hour <= to_ms {
-        events.extend(hot.read_all(&hour_folder(&incident.affected_service, hour)).await?);
-        hour += 3_600_000;
+    for folder in hot.service_hour_folders(&incident.affected_service, from_ms, to_ms).await? {
+        events.extend(hot.read_all(&folder).await?);
     }
     events.retain(|e| e.event_time_ms >= from_ms && e.event_time_ms <= to_ms);
     events.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
@@ -317,6 +373,113 @@ pub fn snapshot_folder(incident_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::BTreeMap;
+
+    const SERVICE: &str = "voice_inbound";
+
+    fn masked(event_id: &str, service: &str, time_ms: i64) -> MaskedEvent {
+        MaskedEvent {
+            event_id: event_id.into(),
+            event_type: "call_failed".into(),
+            platform_source: "genesys_cloud_cx".into(),
+            delivery: "eventbridge".into(),
+            event_time_ms: time_ms,
+            received_at_ms: time_ms,
+            affected_service: service.into(),
+            conversation_id: None,
+            touchpoint: None,
+            agent_pseudonym: None,
+            phone_pseudonym: None,
+            customer_pseudonym: None,
+            mask_key_id: "k1".into(),
+            failed_contacts: 1,
+            total_contacts: 1,
+            dependency: None,
+            attributes: BTreeMap::new(),
+            message: None,
+        }
+    }
+
+    fn incident(start_ms: i64, end_ms: Option<i64>) -> IncidentEvent {
+        IncidentEvent {
+            incident_id: "inc-1".into(),
+            change: "gated".into(),
+            incident_type: "platform_outage".into(),
+            severity: "sev1".into(),
+            affected_service: SERVICE.into(),
+            platform_source: "genesys_cloud_cx".into(),
+            signal_type: "call_failed".into(),
+            timestamp_start_ms: start_ms,
+            timestamp_end_ms: end_ms,
+            last_signal_ms: start_ms,
+            failed_contacts: 1,
+            total_contacts: 1,
+            threshold_count: 1,
+            window_ms: 300_000,
+            gated: true,
+            gate_reason: None,
+            dependencies: Vec::new(),
+        }
+    }
+
+    /// Opens hot and cold stores in a temporary folder, with one event of
+    /// `SERVICE` archived at each of `times_ms` and one of another service.
+    async fn stores(times_ms: &[i64]) -> (tempfile::TempDir, ArchiveStore, ArchiveStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let hot = ArchiveStore::open(dir.path().join("hot").to_str().unwrap()).unwrap();
+        let cold = ArchiveStore::open(dir.path().join("cold").to_str().unwrap()).unwrap();
+        for (index, time_ms) in times_ms.iter().enumerate() {
+            let bytes = write_container(&[masked(&format!("e{index}"), SERVICE, *time_ms)]).unwrap();
+            let name = format!("{}/masked-0-{index}-{index}.avro", hour_folder(SERVICE, *time_ms));
+            hot.put(&name, bytes, PutMode::Create).await.unwrap();
+        }
+        let other = write_container(&[masked("other", "chat_inbound", times_ms[0])]).unwrap();
+        let name = format!("{}/masked-1-0-0.avro", hour_folder("chat_inbound", times_ms[0]));
+        hot.put(&name, other, PutMode::Create).await.unwrap();
+        (dir, hot, cold)
+    }
+
+    /// 2025-12-12T15:01:53.383Z.
+    const TIME_MS: i64 = 1_765_551_713_383;
+
+    #[tokio::test]
+    async fn snapshot_reads_existing_hours_only() {
+        let times = [TIME_MS, TIME_MS + 3_600_000, TIME_MS + 86_400_000, TIME_MS + 10 * 86_400_000];
+        let (_dir, hot, cold) = stores(&times).await;
+        let manifest = write_snapshot(&hot, &cold, &incident(TIME_MS, Some(TIME_MS + 86_400_000)), 300_000)
+            .await
+            .unwrap();
+        assert_eq!(manifest.event_count, 3);
+        assert_eq!(manifest.from_ms, TIME_MS - 300_000);
+        assert_eq!(manifest.to_ms, TIME_MS + 86_400_000 + 300_000);
+    }
+
+    #[tokio::test]
+    async fn snapshot_of_huge_span_saturates() {
+        let (_dir, hot, cold) = stores(&[TIME_MS]).await;
+        let started = std::time::Instant::now();
+        let manifest = write_snapshot(&hot, &cold, &incident(i64::MIN + 1, Some(i64::MAX - 1)), 300_000)
+            .await
+            .unwrap();
+        assert_eq!(manifest.from_ms, i64::MIN);
+        assert_eq!(manifest.to_ms, i64::MAX);
+        assert_eq!(manifest.event_count, 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn snapshot_of_75_years_is_quick() {
+        let (_dir, hot, cold) = stores(&[TIME_MS]).await;
+        let start_ms = 946_684_800_000;
+        let end_ms = start_ms + 75 * 365 * 86_400_000;
+        let started = std::time::Instant::now();
+        let manifest = write_snapshot(&hot, &cold, &incident(start_ms, Some(end_ms)), 300_000)
+            .await
+            .unwrap();
+        assert_eq!(manifest.event_count, 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    }
 
     #[test]
     fn hour_folder_is_utc() {

@@ -1,8 +1,9 @@
-//! Ingest: reads platform payloads as delivered (JSON Lines, or a folder of
-//! `.json` files) and writes each to `raw-events` with its source, delivery
-//! path and receive time. It keeps the bytes exactly as delivered, even when
-//! they are not valid JSON: the normalize stage judges them, so nothing is
-//! lost here.
+//! Ingest: reads platform payloads as delivered (JSON Lines, a `.json` file,
+//! or a folder of `.json` and `.jsonl` files) and writes each to
+//! `raw-events` with its source, delivery path and receive time. It keeps
+//! the bytes exactly as delivered, even when they are not valid JSON, and
+//! removes only a leading UTF-8 byte order mark. The normalize stage judges
+//! the bytes, so nothing is lost here.
 //!
 //! A line may also be a capture record, `{"capture": {...}, "payload": {...}}`,
 //! which is how a poller records what it fetched: `capture.delivery`,
@@ -14,12 +15,24 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::model::RawEvent;
-use crate::sources::{self, derive_id, parse_time_ms, text_field};
+use crate::scrub::scrub_text;
+use crate::sources::{self, derive_id, parse_time_ms_unchecked, text_field};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("Could not read input {path}: {source}. Pass a JSON Lines file or a folder of .json files.")]
+    /// The OS error is the `source`, which anyhow's chain prints after this
+    /// message.
+    #[error("Could not read input {path} (expected a JSON Lines file, a .json file, or a folder of .json and .jsonl files)")]
     Read { path: PathBuf, source: std::io::Error },
+}
+
+/// The UTF-8 byte order mark, which some editors write at the start of a
+/// file. JSON parsers reject it, so it is removed from the start of a file
+/// and of each line.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
+fn strip_byte_order_mark(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BYTE_ORDER_MARK).unwrap_or(bytes)
 }
 
 /// One delivered payload and where it was read from.
@@ -31,20 +44,25 @@ pub struct Delivered {
 }
 
 /// Reads every payload from a JSON Lines file, a `.json` file (one payload,
-/// which may span lines), or a folder of both, in name order. Blank lines of
-/// JSON Lines are skipped.
+/// which may span lines), or a folder of `.json` and `.jsonl` files, in name
+/// order. Blank lines of JSON Lines are skipped, and so is a folder's other
+/// content, with a warning that names it.
 pub fn read_input(path: &Path) -> Result<Vec<Delivered>, IngestError> {
     let read_error = |source| IngestError::Read {
         path: path.to_path_buf(),
         source,
     };
     if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(read_error)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "json" || ext == "jsonl"))
-            .collect();
-        files.sort();
+        let (files, skipped) = list_input_folder(path)?;
+        if !skipped.is_empty() {
+            let names: Vec<String> = skipped.iter().map(|p| p.display().to_string()).collect();
+            tracing::warn!(
+                folder = %path.display(),
+                skipped = %names.join(", "),
+                count = skipped.len(),
+                "Input folder entries skipped: only files ending in lower-case .json or .jsonl are read, and subfolders are not."
+            );
+        }
         let mut all = Vec::new();
         for file in files {
             all.extend(read_input(&file)?);
@@ -55,23 +73,63 @@ pub fn read_input(path: &Path) -> Result<Vec<Delivered>, IngestError> {
     if path.extension().is_some_and(|ext| ext == "json") {
         return Ok(vec![Delivered {
             origin: path.display().to_string(),
-            bytes,
+            bytes: strip_byte_order_mark(&bytes).to_vec(),
         }]);
     }
     Ok(split_lines(&bytes, &path.display().to_string()))
 }
 
-/// Splits JSON Lines into payloads, skipping blank lines.
+/// Returns the input files of a folder in name order, and the entries that
+/// are not read: subfolders and files without a lower-case `.json` or
+/// `.jsonl` extension.
+fn list_input_folder(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), IngestError> {
+    let read_error = |source| IngestError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (mut files, mut skipped) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(path).map_err(read_error)? {
+        let entry_path = entry.map_err(read_error)?.path();
+        let is_input = entry_path.is_file()
+            && entry_path.extension().is_some_and(|ext| ext == "json" || ext == "jsonl");
+        if is_input {
+            files.push(entry_path);
+        } else {
+            skipped.push(entry_path);
+        }
+    }
+    files.sort();
+    skipped.sort();
+    Ok((files, skipped))
+}
+
+/// Splits JSON Lines into payloads, skipping blank lines. A byte order mark
+/// at the start of a line is removed.
 pub fn split_lines(bytes: &[u8], origin: &str) -> Vec<Delivered> {
     bytes
         .split(|b| *b == b'\n')
         .enumerate()
+        .map(|(index, line)| (index, strip_byte_order_mark(line)))
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(index, line)| Delivered {
             origin: format!("{origin}:{}", index + 1),
             bytes: line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
         })
         .collect()
+}
+
+/// Checks a delivered payload against the size limit
+/// (`ingest.max_payload_bytes`). The error names the origin (`file:line`),
+/// the size and the limit.
+pub fn check_size(delivered: &Delivered, max_bytes: usize) -> Result<(), String> {
+    let size = delivered.bytes.len();
+    if size <= max_bytes {
+        return Ok(());
+    }
+    Err(format!(
+        "payload at {} is {size} bytes, above the limit of {max_bytes} bytes (ingest.max_payload_bytes); split the payload or raise the limit",
+        delivered.origin
+    ))
 }
 
 /// Builds the raw event of one delivered payload, and its key on
@@ -86,11 +144,22 @@ pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawE
     let source = payload_value
         .as_ref()
         .map_or(sources::Source::Unknown, sources::recognize);
+    // Capture times are not range-checked here, because the NICE source
+    // checks the event time it takes from them and rejects it with a reason.
     let capture_time = |field: &str| {
-        capture
-            .as_ref()
-            .and_then(|c| c.get(field))
-            .and_then(|v| parse_time_ms(v).ok())
+        let value = capture.as_ref()?.get(field)?;
+        match parse_time_ms_unchecked(value) {
+            Ok(time_ms) => Some(time_ms),
+            Err(reason) => {
+                tracing::warn!(
+                    origin = %delivered.origin,
+                    field,
+                    reason = %scrub_text(&reason),
+                    "Capture time is unusable and is left out of the raw event."
+                );
+                None
+            }
+        }
     };
     let delivery = capture
         .as_ref()
@@ -230,6 +299,91 @@ mod tests {
         let payloads = read_input(dir.path()).unwrap();
         let texts: Vec<String> = payloads.iter().map(|p| String::from_utf8_lossy(&p.bytes).replace(char::is_whitespace, "")).collect();
         assert_eq!(texts, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    }
+
+    #[test]
+    fn byte_order_mark_is_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("one.json");
+        std::fs::write(&json, b"\xEF\xBB\xBF{\"n\": 1}\n").unwrap();
+        let lines = dir.path().join("two.jsonl");
+        std::fs::write(&lines, b"\xEF\xBB\xBF{\"n\":2}\n\xEF\xBB\xBF{\"n\":3}\n\xEF\xBB\xBF\n").unwrap();
+        let payloads = read_input(dir.path()).unwrap();
+        assert_eq!(payloads.len(), 3);
+        for payload in &payloads {
+            assert!(serde_json::from_slice::<Value>(&payload.bytes).is_ok(), "{}", payload.origin);
+        }
+    }
+
+    /// A writer that keeps what a tracing subscriber writes.
+    #[derive(Clone, Default)]
+    struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn skipped_folder_entries_are_warned_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("b.JSON"), "{}").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        std::fs::create_dir(dir.path().join("nested.json")).unwrap();
+
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let payloads = tracing::subscriber::with_default(subscriber, || read_input(dir.path()).unwrap());
+        assert_eq!(payloads.len(), 1);
+
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("WARN").count(), 1, "{text}");
+        for name in ["b.JSON", "notes.txt", "nested.json"] {
+            assert!(text.contains(&dir.path().join(name).display().to_string()), "{name}: {text}");
+        }
+        assert!(!text.contains("a.json"), "{text}");
+    }
+
+    #[test]
+    fn read_error_message_leaves_os_error_to_source() {
+        let error = read_input(Path::new("/nonexistent/blameless-input.jsonl")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("/nonexistent/blameless-input.jsonl"), "{message}");
+        assert!(!message.contains("os error"), "{message}");
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+    }
+
+    #[test]
+    fn check_size_names_origin_size_and_limit() {
+        let payload = delivered("{\"n\":12345}");
+        assert_eq!(check_size(&payload, 11), Ok(()));
+        let error = check_size(&payload, 10).unwrap_err();
+        assert_eq!(
+            error,
+            "payload at test:1 is 11 bytes, above the limit of 10 bytes (ingest.max_payload_bytes); split the payload or raise the limit"
+        );
+    }
+
+    #[test]
+    fn capture_time_range_is_checked_by_normalize() {
+        let text = r#"{"capture":{"received_at":"2025-12-12T14:01:02Z","interval_end":1765548060},"payload":{"skillSummaries":[]}}"#;
+        let (_, raw) = to_raw_event(&delivered(text), 7);
+        assert_eq!(raw.interval_end_ms, Some(1_765_548_060));
+        let error = sources::normalize(&raw).unwrap_err();
+        assert!(error.contains("interval_end_ms"), "{error}");
+        assert!(error.contains("looks like epoch seconds"), "{error}");
     }
 
     #[test]

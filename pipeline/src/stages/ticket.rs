@@ -11,7 +11,9 @@
 //! Exactly once: the sink is searched for the incident id before a create
 //! (the outbox sink looks for the incident's file), so a record read again
 //! after a restart or replay updates the same ticket instead of making a
-//! second.
+//! second. A ticket found in the sink but not in this process's ledger gets
+//! its `created` ledger record sent again, so a stop between writing the
+//! ticket and acknowledging the ledger record loses no ledger entry.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -118,6 +120,12 @@ impl OutboxSink {
         path.exists().then(|| self.reference(incident_id))
     }
 
+    /// Reads the ticket of an incident back, if it exists and parses.
+    pub fn read(&self, incident_id: &str) -> Option<TicketPayload> {
+        let bytes = std::fs::read(self.path(incident_id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn reference(&self, incident_id: &str) -> TicketRef {
         let path = self.path(incident_id);
         let absolute = std::fs::canonicalize(&path).unwrap_or(path);
@@ -176,10 +184,15 @@ impl TicketStage {
             }
             return Ok(Ok(Vec::new()));
         }
-        let known = self.ledger.contains_key(&incident.incident_id) || self.sink.find(&incident.incident_id).is_some();
+        let in_ledger = self.ledger.contains_key(&incident.incident_id);
+        let in_sink = if in_ledger { None } else { self.sink.find(&incident.incident_id) };
+        let known = in_ledger || in_sink.is_some();
         let closing = incident.change == "closed";
+        if let (Some(ticket), false) = (in_sink, closing) {
+            return Ok(Ok(vec![self.resend_ledger_record(incident, ticket)]));
+        }
         if known && !closing {
-            // Already ticketed: a repeat after a restart or replay.
+            // Already ticketed and recorded: a repeat after a replay.
             return Ok(Ok(Vec::new()));
         }
 
@@ -207,22 +220,48 @@ impl TicketStage {
             snapshot_events = manifest.event_count,
             "Ticket written."
         );
+        Ok(Ok(vec![self.ledger_record(ticket, status, &payload)]))
+    }
+
+    /// Sends the `created` ledger record again for a ticket that the sink
+    /// has but this process has not recorded. That happens when the stage
+    /// stopped after writing the ticket and before the ledger record was
+    /// acknowledged, and also on every replay after a restart. The `tickets`
+    /// topic is compacted by incident id, so a repeat is harmless. No second
+    /// ticket is written.
+    fn resend_ledger_record(&mut self, incident: &IncidentEvent, ticket: TicketRef) -> Emit {
+        let payload = self.sink.read(&incident.incident_id).unwrap_or_else(|| {
+            let snapshot_url = self.cold.url_of(&format!("{}/", snapshot_folder(&incident.incident_id)));
+            TicketPayload::from_incident(incident, snapshot_url)
+        });
+        tracing::info!(
+            stage = "ticket",
+            incident_id = %incident.incident_id,
+            ticket_key = %ticket.key,
+            "Ticket already in the outbox; ledger record sent again."
+        );
+        self.ledger_record(ticket, "created", &payload)
+    }
+
+    /// Builds the ledger record of a ticket, keeps it in the in-memory
+    /// ledger and returns it addressed to the `tickets` topic.
+    fn ledger_record(&mut self, ticket: TicketRef, status: &str, payload: &TicketPayload) -> Emit {
         let record = TicketRecord {
-            incident_id: incident.incident_id.clone(),
+            incident_id: payload.incident_id.clone(),
             system: "outbox".into(),
             ticket_key: ticket.key,
             ticket_url: ticket.url,
             status: status.into(),
-            data_snapshot_url: snapshot_url,
+            data_snapshot_url: payload.data_snapshot_url.clone(),
             updated_at_ms: now_ms(),
-            payload_json: serde_json::to_string(&payload).unwrap_or_default(),
+            payload_json: serde_json::to_string(payload).unwrap_or_default(),
         };
-        self.ledger.insert(incident.incident_id.clone(), record.clone());
-        Ok(Ok(vec![Emit {
+        self.ledger.insert(payload.incident_id.clone(), record.clone());
+        Emit {
             topic: TICKETS,
-            key: incident.incident_id.clone(),
+            key: payload.incident_id.clone(),
             record: Record::Ticket(record),
-        }]))
+        }
     }
 }
 
@@ -246,5 +285,111 @@ impl Stage for TicketStage {
             outcomes.push(outcome);
         }
         Ok(outcomes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gated_incident() -> IncidentEvent {
+        IncidentEvent {
+            incident_id: "inc-restart".into(),
+            change: "gated".into(),
+            incident_type: "platform_outage".into(),
+            severity: "sev1".into(),
+            affected_service: "voice_inbound".into(),
+            platform_source: "genesys_cloud_cx".into(),
+            signal_type: "call_failed".into(),
+            timestamp_start_ms: 1_765_549_200_000,
+            timestamp_end_ms: None,
+            last_signal_ms: 1_765_550_000_000,
+            failed_contacts: 120,
+            total_contacts: 300,
+            threshold_count: 50,
+            window_ms: 300_000,
+            gated: true,
+            gate_reason: Some("lasted longer than 600 s".into()),
+            dependencies: Vec::new(),
+        }
+    }
+
+    fn stage(dir: &std::path::Path) -> TicketStage {
+        TicketStage::new(
+            OutboxSink::new(dir.join("tickets")),
+            ArchiveStore::open(dir.join("hot").to_str().unwrap()).unwrap(),
+            ArchiveStore::open(dir.join("cold").to_str().unwrap()).unwrap(),
+            300_000,
+        )
+    }
+
+    fn ledger_statuses(outcome: Outcome) -> Vec<String> {
+        outcome
+            .unwrap()
+            .into_iter()
+            .map(|emit| match emit.record {
+                Record::Ticket(record) => {
+                    assert_eq!(emit.topic, TICKETS);
+                    assert_eq!(emit.key, record.incident_id);
+                    record.status
+                }
+                other => panic!("expected a ticket record, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn outbox_files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("tickets"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn existing_ticket_resends_created_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let incident = gated_incident();
+
+        // The run that stopped: its ticket file exists, but its ledger record
+        // never reached the tickets topic.
+        let written = stage(dir.path()).handle(&incident).await.unwrap();
+        assert_eq!(ledger_statuses(written), ["created"]);
+        let path = dir.path().join("tickets/inc-restart.json");
+        let before = std::fs::read(&path).unwrap();
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+        let mut restarted = stage(dir.path());
+        let outcome = restarted.handle(&incident).await.unwrap();
+        let emits = outcome.clone().unwrap();
+        assert_eq!(ledger_statuses(outcome), ["created"]);
+        let Record::Ticket(record) = &emits[0].record else { unreachable!() };
+        assert_eq!(record.ticket_key, "inc-restart");
+        assert!(record.ticket_url.ends_with("/tickets/inc-restart.json"), "{}", record.ticket_url);
+        assert!(record.data_snapshot_url.ends_with("/incidents/inc-restart/"), "{}", record.data_snapshot_url);
+        let payload: TicketPayload = serde_json::from_str(&record.payload_json).unwrap();
+        assert_eq!(payload.incident_id, "inc-restart");
+
+        assert_eq!(outbox_files(dir.path()), ["inc-restart.json"]);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), modified);
+
+        // The ledger now contains it, so the same record again emits nothing.
+        let again = restarted.handle(&incident).await.unwrap();
+        assert!(again.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn closing_known_ticket_is_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incident = gated_incident();
+        stage(dir.path()).handle(&incident).await.unwrap().unwrap();
+
+        incident.change = "closed".into();
+        incident.timestamp_end_ms = Some(1_765_550_300_000);
+        let outcome = stage(dir.path()).handle(&incident).await.unwrap();
+        assert_eq!(ledger_statuses(outcome), ["updated"]);
+        assert_eq!(outbox_files(dir.path()), ["inc-restart.json"]);
     }
 }

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -43,6 +43,9 @@ pub struct WindowRules {
     pub quiet_ms: i64,
     pub out_of_orderness_ms: i64,
     pub idle_timeout_ms: i64,
+    /// How far behind the newest record timestamp a record is held before
+    /// the detector sees it (see `REORDER_MS`).
+    pub reorder_ms: i64,
 }
 
 impl From<&WindowConfig> for WindowRules {
@@ -57,6 +60,7 @@ impl From<&WindowConfig> for WindowRules {
             quiet_ms: config.quiet_secs as i64 * 1000,
             out_of_orderness_ms: config.out_of_orderness_secs as i64 * 1000,
             idle_timeout_ms: 60_000,
+            reorder_ms: REORDER_MS,
         }
     }
 }
@@ -166,6 +170,17 @@ impl Detector {
         evict(state, rules);
 
         let mut changes = Vec::new();
+        // A signal after the quiet period ends the open incident first, even
+        // when the watermark has not passed it yet.
+        let quiet_over = state
+            .open
+            .as_ref()
+            .is_some_and(|open| is_signal && time > open.last_signal_ms + rules.quiet_ms);
+        if quiet_over {
+            let open = state.open.take().expect("checked above");
+            let end = Some(open.last_signal_ms);
+            changes.push(incident_event(&event.affected_service, &open, "closed", end, rules, dependencies));
+        }
         let ServiceState { volume, open: open_slot, signals, .. } = state;
         if let Some(open) = open_slot.as_mut() {
             if is_signal && event.event_type == open.signal_type {
@@ -424,15 +439,52 @@ fn incident_event(
     }
 }
 
+/// How far behind the newest record timestamp a record is held before the
+/// detector sees it, in milliseconds. Records reach `masked` through
+/// partitions read at different paces, so a record accepted earlier can come
+/// after a later one; holding puts them back in the order the ingest stage
+/// accepted them.
+const REORDER_MS: i64 = 5_000;
+
+/// Wall-clock time without input after which every held record is released.
+/// It is longer than the stalls of the stages upstream, whose merge of
+/// partitions waits up to three seconds for a partition.
+const REORDER_IDLE: Duration = Duration::from_secs(10);
+
 pub struct WindowStage {
     detector: Detector,
+    /// Records waiting for release, by (timestamp, partition, offset).
+    held: BTreeMap<(i64, i32, i64), MaskedEvent>,
+    newest_timestamp_ms: i64,
+    last_input: Option<Instant>,
+    /// Changes released by a batch that had no accepted record to carry them.
+    pending: Vec<IncidentEvent>,
 }
 
 impl WindowStage {
     pub fn new(rules: WindowRules) -> WindowStage {
         WindowStage {
             detector: Detector::new(rules),
+            held: BTreeMap::new(),
+            newest_timestamp_ms: i64::MIN,
+            last_input: None,
+            pending: Vec::new(),
         }
+    }
+
+    /// Feeds the detector every held record accepted before `until_ms`, in
+    /// the order they were accepted.
+    fn release(&mut self, until_ms: i64) -> Vec<IncidentEvent> {
+        let mut changes = Vec::new();
+        while let Some(entry) = self.held.first_entry() {
+            let (timestamp, partition, offset) = *entry.key();
+            if timestamp > until_ms {
+                break;
+            }
+            let event = entry.remove();
+            changes.extend(self.detector.observe(&event, partition, offset));
+        }
+        changes
     }
 
     fn emits(changes: Vec<IncidentEvent>) -> Vec<Emit> {
@@ -467,34 +519,65 @@ impl Stage for WindowStage {
     }
 
     async fn process(&mut self, batch: Vec<Decoded>) -> Result<Vec<Outcome>, TransportError> {
-        Ok(batch
-            .into_iter()
-            .map(|decoded| match &decoded.record {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for decoded in batch {
+            match decoded.record {
                 Record::Masked(event) => {
-                    let changes = self.detector.observe(event, decoded.position.partition, decoded.position.offset);
-                    Ok(Self::emits(changes))
+                    // A record without a timestamp keeps its place in the
+                    // order of arrival.
+                    let timestamp = decoded.timestamp_ms.unwrap_or(self.newest_timestamp_ms);
+                    self.newest_timestamp_ms = self.newest_timestamp_ms.max(timestamp);
+                    let key = (timestamp, decoded.position.partition, decoded.position.offset);
+                    self.held.insert(key, event);
+                    outcomes.push(Ok(Vec::new()));
                 }
-                _ => Err(Reject::new("window reads masked events only")),
-            })
-            .collect())
+                _ => outcomes.push(Err(Reject::new("window reads masked events only"))),
+            }
+        }
+        self.last_input = Some(Instant::now());
+        // The changes released now come from earlier records: the last
+        // outcome carries them, and the commit floor covers what is held.
+        let changes = self.release(self.newest_timestamp_ms.saturating_sub(self.detector.rules.reorder_ms));
+        match outcomes.iter_mut().rev().find(|o| o.is_ok()) {
+            Some(Ok(emits)) => emits.extend(Self::emits(changes)),
+            // Every record of the batch was rejected: the next tick sends them.
+            _ => self.pending.extend(changes),
+        }
+        Ok(outcomes)
     }
 
     async fn tick(&mut self, _now_ms: i64) -> Result<Vec<Emit>, TransportError> {
+        let mut changes = std::mem::take(&mut self.pending);
+        if self.last_input.is_some_and(|at| at.elapsed() >= REORDER_IDLE) {
+            changes.extend(self.release(i64::MAX));
+        }
         let watermark = self.detector.watermark();
-        Ok(Self::emits(self.detector.close_quiet(watermark)))
+        changes.extend(self.detector.close_quiet(watermark));
+        Ok(Self::emits(changes))
     }
 
     async fn finish(&mut self) -> Result<Vec<Emit>, TransportError> {
-        Ok(Self::emits(self.detector.close_all()))
+        let mut changes = std::mem::take(&mut self.pending);
+        changes.extend(self.release(i64::MAX));
+        changes.extend(self.detector.close_all());
+        Ok(Self::emits(changes))
     }
 
     fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
-        self.detector.floor(partition)
+        let held = self
+            .held
+            .keys()
+            .filter(|(_, held_partition, _)| *held_partition == partition)
+            .map(|(_, _, offset)| *offset)
+            .min();
+        [held, self.detector.floor(partition)].into_iter().flatten().min()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn rules() -> WindowRules {
@@ -675,6 +758,46 @@ mod tests {
         assert_eq!(voice.dependencies.len(), 1);
         assert_eq!(voice.dependencies[0].status, "failed");
         assert_eq!(voice.dependencies[0].checked_at_ms, 1_000);
+    }
+
+    fn decoded(event: MaskedEvent, partition: i32, offset: i64, timestamp_ms: i64) -> Decoded {
+        Decoded {
+            position: crate::transport::Position {
+                topic: "masked".into(),
+                partition,
+                offset,
+            },
+            record: Record::Masked(event),
+            timestamp_ms: Some(timestamp_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn stage_restores_accept_order() {
+        let mut stage = WindowStage::new(rules());
+        // Two outages 400 s apart reach one partition of `masked` second
+        // first, as when normalize read one `raw-events` partition ahead of
+        // another. Seen in that order, the first outage would fall outside
+        // the window and be lost.
+        let first: Vec<_> = (0..50).map(|i| event("voice_inbound", "call_failed", i * 1000)).collect();
+        let second: Vec<_> = (0..50).map(|i| event("voice_inbound", "call_failed", 400_000 + i * 1000)).collect();
+        let accepted_at = |e: &MaskedEvent| e.event_time_ms / 1000;
+        let arrival = second.iter().chain(&first);
+        let batch: Vec<Decoded> = arrival.enumerate().map(|(i, e)| decoded(e.clone(), 0, i as i64, accepted_at(e))).collect();
+
+        let outcomes = stage.process(batch).await.unwrap();
+        assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)), "held records emit nothing yet");
+        assert_eq!(stage.commit_floor("masked", 0), Some(0));
+
+        let emits = stage.finish().await.unwrap();
+        let starts: BTreeSet<i64> = emits
+            .iter()
+            .filter_map(|emit| match &emit.record {
+                Record::Incident(incident) if incident.change == "opened" => Some(incident.timestamp_start_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(starts, BTreeSet::from([0, 400_000]));
     }
 
     #[test]

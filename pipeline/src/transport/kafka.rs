@@ -1,6 +1,13 @@
 //! The Kafka transport: a consumer-group member with manual commits and an
 //! idempotent producer that waits for every acknowledgement.
 //!
+//! The consumer merges its partitions by record timestamp, which the ingest
+//! stage sets in the order it accepted the payloads and every stage carries
+//! along. A record is released only once every assigned partition has a
+//! record buffered or is at its end (or has stayed empty for
+//! `MERGE_MAX_IDLE`), so a backlog spread over partitions is read in the
+//! order it arrived, not partition by partition.
+//!
 //! Offsets are committed by `run_stage` after the batch's outputs are
 //! acknowledged (`enable.auto.commit=false`). A rebalance is served only
 //! inside `poll`, between batches, so no work is in flight for a revoked
@@ -8,7 +15,7 @@
 //! stored. A commit that fails (for example right after a rebalance) is
 //! logged and not fatal: the records are delivered again, at least once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -53,9 +60,29 @@ pub struct StageContext {
     stage: &'static str,
 }
 
-impl ClientContext for StageContext {}
+impl ClientContext for StageContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is news for the merge, not an error.
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::trace!(stage = self.stage, reason, "Partition end reached.");
+        } else {
+            tracing::warn!(stage = self.stage, error = %error, reason, "Kafka client error.");
+        }
+    }
+}
 
 impl ConsumerContext for StageContext {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::warn!(
+                stage = self.stage,
+                partitions = offsets.count(),
+                error = %error,
+                "Offset commit failed; the records will be delivered again."
+            );
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
@@ -75,12 +102,28 @@ impl ConsumerContext for StageContext {
 pub struct KafkaSource {
     consumer: StreamConsumer<StageContext>,
     topic: String,
+    /// Records received but not yet released, by partition, in offset order.
+    buffers: BTreeMap<i32, VecDeque<InRecord>>,
+    /// Partitions whose last fetch reached their end, with the wall-clock time
+    /// of that fetch in epoch milliseconds.
+    at_end: BTreeMap<i32, i64>,
+    /// Since when the merge has waited for an empty partition.
+    waiting_since: Option<Instant>,
     /// High watermarks by partition, refreshed at most every
     /// `WATERMARK_REFRESH`, for the lag gauge.
     high_watermarks: Mutex<HashMap<(String, i32), (i64, Instant)>>,
 }
 
 const WATERMARK_REFRESH: Duration = Duration::from_secs(10);
+
+/// Longest the merge waits for a record of an empty partition before it
+/// releases the other partitions' records anyway.
+const MERGE_MAX_IDLE: Duration = Duration::from_secs(3);
+
+/// How long after a record's timestamp an end-of-partition report must come
+/// to show that the partition holds no earlier record: an allowance for the
+/// producer's batching and the clocks of the hosts.
+const END_MARGIN_MS: i64 = 1000;
 
 impl KafkaSource {
     pub fn new(kafka: &KafkaConfig, stage: &'static str, group: &str, topic: &str) -> Result<KafkaSource, TransportError> {
@@ -90,12 +133,20 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // End-of-partition events tell the merge that an empty partition
+            // has nothing to wait for.
+            .set("enable.partition.eof", "true")
+            // Small fetches per partition keep partitions interleaved.
+            .set("max.partition.fetch.bytes", "65536")
             .create_with_context(StageContext { stage })
             .map_err(kafka_error("consumer create"))?;
         consumer.subscribe(&[topic]).map_err(kafka_error("subscribe"))?;
         Ok(KafkaSource {
             consumer,
             topic: topic.to_string(),
+            buffers: BTreeMap::new(),
+            at_end: BTreeMap::new(),
+            waiting_since: None,
             high_watermarks: Mutex::new(HashMap::new()),
         })
     }
@@ -108,6 +159,67 @@ fn to_in_record(message: &rdkafka::message::BorrowedMessage<'_>) -> InRecord {
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+impl KafkaSource {
+    fn assigned_partitions(&self) -> BTreeSet<i32> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .filter(|element| element.topic() == self.topic)
+                    .map(|element| element.partition())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn buffer(&mut self, record: InRecord) {
+        self.at_end.remove(&record.partition);
+        let buffer = self.buffers.entry(record.partition).or_default();
+        // A partition revoked and assigned again starts over from its
+        // committed offset: the records buffered from there on come again.
+        if buffer.back().is_some_and(|last| last.offset >= record.offset) {
+            buffer.retain(|buffered| buffered.offset < record.offset);
+        }
+        buffer.push_back(record);
+    }
+
+    /// Moves buffered records to `batch` in timestamp order, as long as no
+    /// assigned partition may still deliver an earlier one. An empty
+    /// partition may, unless it reported its end after the record's time.
+    fn release(&mut self, batch: &mut Vec<InRecord>, max: usize, assigned: &BTreeSet<i32>) {
+        self.buffers.retain(|partition, _| assigned.contains(partition));
+        while batch.len() < max {
+            let next = self
+                .buffers
+                .iter()
+                .filter_map(|(partition, buffer)| buffer.front().map(|r| (r.timestamp_ms.unwrap_or(i64::MIN), *partition)))
+                .min();
+            let Some((timestamp, partition)) = next else { return };
+            let waiting = assigned.iter().any(|other| {
+                let empty = self.buffers.get(other).is_none_or(VecDeque::is_empty);
+                let ended_after = self
+                    .at_end
+                    .get(other)
+                    .is_some_and(|end_ms| *end_ms >= timestamp.saturating_add(END_MARGIN_MS));
+                empty && !ended_after
+            });
+            if waiting {
+                let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < MERGE_MAX_IDLE {
+                    return;
+                }
+            } else {
+                self.waiting_since = None;
+            }
+            if let Some(record) = self.buffers.get_mut(&partition).and_then(VecDeque::pop_front) {
+                batch.push(record);
+            }
+        }
     }
 }
 
@@ -116,11 +228,22 @@ impl RecordSource for KafkaSource {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<InRecord>, TransportError> {
         let mut batch = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
-        while batch.len() < max {
+        loop {
+            let assigned = self.assigned_partitions();
+            self.release(&mut batch, max, &assigned);
+            if batch.len() >= max {
+                break;
+            }
             // Cancel safe: a message that `recv` has not returned stays in
             // the consumer's queue.
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(to_in_record(&message)),
+                Ok(Ok(message)) => {
+                    let record = to_in_record(&message);
+                    self.buffer(record);
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.at_end.insert(partition, super::now_ms());
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(topic = %self.topic, error = %error, "Kafka consumer error.");
                     break;
@@ -128,6 +251,11 @@ impl RecordSource for KafkaSource {
                 Err(_) => break,
             }
         }
+        // A rebalance inside `recv` may have revoked partitions whose records
+        // were already released: their new owner reads them again from the
+        // committed offset, so this member neither processes nor commits them.
+        let assigned = self.assigned_partitions();
+        batch.retain(|record| assigned.contains(&record.partition));
         Ok(batch)
     }
 
@@ -195,6 +323,9 @@ impl KafkaSink {
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
+            // Small batches keep a backlog finely interleaved across
+            // partitions, since a fetch returns whole batches.
+            .set("batch.size", "65536")
             .set("message.timeout.ms", "120000")
             // murmur2 matches the Java client's partitioner and the
             // in-memory log, so a key lands in the same partition everywhere.
@@ -209,9 +340,12 @@ impl KafkaSink {
 impl RecordSink for KafkaSink {
     async fn send(&self, records: Vec<OutRecord>) -> Result<(), TransportError> {
         let deliveries = records.iter().map(|record| {
-            let message = FutureRecord::to(&record.topic)
+            let mut message = FutureRecord::to(&record.topic)
                 .key(record.key.as_bytes())
                 .payload(&record.payload);
+            if let Some(timestamp) = record.timestamp_ms {
+                message = message.timestamp(timestamp);
+            }
             self.producer.send(message, Timeout::Never)
         });
         for result in join_all(deliveries).await {

@@ -17,6 +17,7 @@ struct StoredRecord {
     /// Position in the log's global append order, across topics and
     /// partitions.
     sequence: u64,
+    timestamp_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -56,6 +57,17 @@ impl MemoryLog {
     /// Appends a record to the partition its key hashes to, and returns the
     /// partition and offset.
     pub fn append(&self, topic: &str, key: &str, payload: Vec<u8>) -> Result<(i32, i64), TransportError> {
+        self.append_at(topic, key, payload, None)
+    }
+
+    /// Appends a record with a timestamp, as a producer that sets one does.
+    pub fn append_at(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Vec<u8>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<(i32, i64), TransportError> {
         let mut state = self.lock();
         let sequence = state.next_sequence;
         state.next_sequence += 1;
@@ -69,6 +81,7 @@ impl MemoryLog {
             key: key.to_string(),
             payload,
             sequence,
+            timestamp_ms,
         });
         let offset = (log.len() - 1) as i64;
         drop(state);
@@ -136,6 +149,7 @@ fn to_in_record(topic: &str, partition: usize, offset: usize, stored: &StoredRec
         offset: offset as i64,
         key: Some(stored.key.as_bytes().to_vec()),
         payload: Some(stored.payload.clone()),
+        timestamp_ms: stored.timestamp_ms,
     }
 }
 
@@ -255,7 +269,8 @@ pub struct MemorySink {
 impl RecordSink for MemorySink {
     async fn send(&self, records: Vec<OutRecord>) -> Result<(), TransportError> {
         for record in records {
-            self.log.append(&record.topic, &record.key, record.payload)?;
+            self.log
+                .append_at(&record.topic, &record.key, record.payload, record.timestamp_ms)?;
         }
         Ok(())
     }

@@ -31,6 +31,9 @@ pub struct InRecord {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+    /// The record timestamp, in epoch milliseconds: the order in which the
+    /// ingest stage accepted the payload, carried along by every stage.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A record to write, already encoded.
@@ -39,6 +42,9 @@ pub struct OutRecord {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
+    /// The record timestamp in epoch milliseconds; the transport's clock when
+    /// absent.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Source position of a decoded input record.
@@ -54,6 +60,8 @@ pub struct Position {
 pub struct Decoded {
     pub position: Position,
     pub record: Record,
+    /// The input record's timestamp, in epoch milliseconds.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// An output of a stage, addressed by the topology's topic name.
@@ -254,6 +262,7 @@ async fn process_batch(
     let mut out = Vec::new();
     let mut decoded = Vec::with_capacity(batch.len());
     let mut originals = Vec::with_capacity(batch.len());
+    let mut timestamps = Vec::with_capacity(batch.len());
 
     for record in &batch {
         next_offsets.insert((record.topic.clone(), record.partition), record.offset + 1);
@@ -268,12 +277,16 @@ async fn process_batch(
                 decoded.push(Decoded {
                     position,
                     record: input,
+                    timestamp_ms: record.timestamp_ms,
                 });
                 originals.push(payload.to_vec());
+                timestamps.push(record.timestamp_ms);
             }
             Err(error) => {
                 let reject = Reject::new(error.to_string());
-                out.push(dead_letter(stage, runtime, &position, payload, reject).await?);
+                let mut letter = dead_letter(stage, runtime, &position, payload, reject).await?;
+                letter.timestamp_ms = record.timestamp_ms;
+                out.push(letter);
                 report.dead_letters += 1;
             }
         }
@@ -283,25 +296,35 @@ async fn process_batch(
 
     let positions: Vec<Position> = decoded.iter().map(|d| d.position.clone()).collect();
     let outcomes = stage.process(decoded).await?;
-    for ((outcome, position), original) in outcomes.into_iter().zip(positions).zip(originals) {
+    let inputs = positions.into_iter().zip(originals).zip(timestamps);
+    for (outcome, ((position, original), timestamp_ms)) in outcomes.into_iter().zip(inputs) {
         match outcome {
             Ok(emits) => {
                 for emit in emits {
-                    out.push(encode_emit(stage, runtime, emit).await?);
+                    let mut record = encode_emit(stage, runtime, emit).await?;
+                    record.timestamp_ms = timestamp_ms;
+                    out.push(record);
                     report.records_out += 1;
                 }
             }
             Err(reject) => {
+                let reason = if stage.input_has_personal_data() {
+                    scrub::scrub_text(&reject.reason)
+                } else {
+                    reject.reason.clone()
+                };
                 tracing::warn!(
                     stage = stage.name(),
                     topic = %position.topic,
                     partition = position.partition,
                     offset = position.offset,
-                    reason = %reject.reason,
+                    reason = %reason,
                     "Record rejected to the dead-letter topic."
                 );
-                report.reasons.push(reject.reason.clone());
-                out.push(dead_letter(stage, runtime, &position, &original, reject).await?);
+                report.reasons.push(reason);
+                let mut letter = dead_letter(stage, runtime, &position, &original, reject).await?;
+                letter.timestamp_ms = timestamp_ms;
+                out.push(letter);
                 report.dead_letters += 1;
             }
         }
@@ -379,6 +402,7 @@ async fn encode_emit(
         topic,
         key: emit.key,
         payload,
+        timestamp_ms: None,
     })
 }
 
@@ -391,17 +415,19 @@ async fn dead_letter(
 ) -> Result<OutRecord, TransportError> {
     let bytes = reject.payload.as_deref().unwrap_or(original);
     let scrubbed = stage.input_has_personal_data();
-    let payload = if scrubbed {
-        scrub::scrub_payload(bytes)
+    // A reason may quote the payload, such as a topic name or the first
+    // bytes of a record that does not decode.
+    let (payload, reason) = if scrubbed {
+        (scrub::scrub_payload(bytes), scrub::scrub_text(&reject.reason))
     } else {
-        bytes.to_vec()
+        (bytes.to_vec(), reject.reason)
     };
     let record = Record::DeadLetter(DeadLetter {
         stage: stage.name().to_string(),
         source_topic: position.topic.clone(),
         source_partition: position.partition,
         source_offset: position.offset,
-        reason: reject.reason,
+        reason,
         failed_at_ms: now_ms(),
         payload,
         payload_scrubbed: scrubbed,
