@@ -155,6 +155,12 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
     }
 }
 
+/// A loopback address with a port that was free a moment ago.
+fn free_loopback_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 fn stop(mut child: Child) {
     // SIGTERM first, so the stage stops between batches.
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
@@ -183,12 +189,15 @@ fn voice_ticket(out: &Path) -> Option<TicketPayload> {
 async fn five_stages_ticket_the_outage_on_kafka() {
     let cluster = TestCluster::new("e2e").await;
     let stages = ["normalize", "mask", "archive", "window", "ticket"];
-    let metrics_address = "127.0.0.1:19471";
+    let metrics_address = free_loopback_address();
+    let metrics_address = metrics_address.as_str();
     let children: Vec<Child> = stages
         .iter()
         .map(|stage| cluster.start_stage(stage, 0, if *stage == "normalize" { metrics_address } else { "" }))
         .collect();
 
+    // Paced like live traffic. NOTE: the same file written all at once while
+    // the stages start can still split the voice incident on Kafka.
     let delivered = read_input(&example()).unwrap();
     cluster.ingest_paced(&delivered, 40, Duration::from_millis(25)).await;
 
