@@ -222,5 +222,6 @@ fn print_report(report: &app::EmbeddedReport) {
     }
     println!("Archive (hot):      {}", report.archive_url);
     println!("Archive (cold):     {}", report.cold_url);
-    println!("Ticket outbox:      {}", report.outbox_dir.display());
+    let outbox = std::fs::canonicalize(&report.outbox_dir).unwrap_or_else(|_| report.outbox_dir.clone());
+    println!("Ticket outbox:      {}", outbox.display());
 }
