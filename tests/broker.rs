@@ -155,7 +155,7 @@ async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool
     }
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// Returns a loopback address with a port that was free a moment ago.
 fn free_loopback_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()

@@ -200,8 +200,8 @@ struct Capture {
     payload: Box<serde_json::value::RawValue>,
 }
 
-/// The key that keeps one source's payloads in order on one partition when
-/// there is no conversation: the NICE business unit, the Pingdom check, the
+/// Returns the key that keeps one source's payloads in order on one partition
+/// when there is no conversation: the NICE business unit, the Pingdom check, the
 /// Datadog monitor.
 fn ordering_key(source: sources::Source, payload: &Value) -> Option<String> {
     match source {

@@ -11,7 +11,7 @@
 //! service's contacts since the start. It closes once event time passes the
 //! last signal by the quiet period.
 //!
-//! Time: each partition's clock is its highest event time; the stage's
+//! Time: each partition's clock is its highest event time. The stage's
 //! watermark is the lowest clock of the partitions that had records within
 //! the idle timeout, minus the allowed out-of-orderness. When every partition
 //! is idle, the wall-clock tick moves the watermark on, so incidents close at
@@ -44,7 +44,7 @@ pub struct WindowRules {
     pub out_of_orderness_ms: i64,
     pub idle_timeout_ms: i64,
     /// How far behind the newest record timestamp a record is held before
-    /// the detector sees it (see `REORDER_MS`).
+    /// the detector observes it (see `REORDER_MS`).
     pub reorder_ms: i64,
 }
 
@@ -440,9 +440,9 @@ fn incident_event(
 }
 
 /// How far behind the newest record timestamp a record is held before the
-/// detector sees it, in milliseconds. Records reach `masked` through
+/// detector observes it, in milliseconds. Records reach `masked` through
 /// partitions read at different paces, so a record accepted earlier can come
-/// after a later one; holding puts them back in the order the ingest stage
+/// after a later one. Holding puts them back in the order the ingest stage
 /// accepted them.
 const REORDER_MS: i64 = 5_000;
 
@@ -454,7 +454,7 @@ const REORDER_IDLE: Duration = Duration::from_secs(10);
 pub struct WindowStage {
     detector: Detector,
     /// Records waiting for release, by (timestamp, partition, offset).
-    held: BTreeMap<(i64, i32, i64), MaskedEvent>,
+    held_records: BTreeMap<(i64, i32, i64), MaskedEvent>,
     newest_timestamp_ms: i64,
     last_input: Option<Instant>,
     /// Changes released by a batch that had no accepted record to carry them.
@@ -465,7 +465,7 @@ impl WindowStage {
     pub fn new(rules: WindowRules) -> WindowStage {
         WindowStage {
             detector: Detector::new(rules),
-            held: BTreeMap::new(),
+            held_records: BTreeMap::new(),
             newest_timestamp_ms: i64::MIN,
             last_input: None,
             pending: Vec::new(),
@@ -476,7 +476,7 @@ impl WindowStage {
     /// the order they were accepted.
     fn release(&mut self, until_ms: i64) -> Vec<IncidentEvent> {
         let mut changes = Vec::new();
-        while let Some(entry) = self.held.first_entry() {
+        while let Some(entry) = self.held_records.first_entry() {
             let (timestamp, partition, offset) = *entry.key();
             if timestamp > until_ms {
                 break;
@@ -528,7 +528,7 @@ impl Stage for WindowStage {
                     let timestamp = decoded.timestamp_ms.unwrap_or(self.newest_timestamp_ms);
                     self.newest_timestamp_ms = self.newest_timestamp_ms.max(timestamp);
                     let key = (timestamp, decoded.position.partition, decoded.position.offset);
-                    self.held.insert(key, event);
+                    self.held_records.insert(key, event);
                     outcomes.push(Ok(Vec::new()));
                 }
                 _ => outcomes.push(Err(Reject::new("window reads masked events only"))),
@@ -565,7 +565,7 @@ impl Stage for WindowStage {
 
     fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
         let held = self
-            .held
+            .held_records
             .keys()
             .filter(|(_, held_partition, _)| *held_partition == partition)
             .map(|(_, _, offset)| *offset)

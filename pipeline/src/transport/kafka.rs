@@ -4,9 +4,9 @@
 //! The consumer merges its partitions by record timestamp, which the ingest
 //! stage sets in the order it accepted the payloads and every stage carries
 //! along. A record is released only once every assigned partition has a
-//! record buffered or is at its end (or has stayed empty for
-//! `MERGE_MAX_IDLE`), so a backlog spread over partitions is read in the
-//! order it arrived, not partition by partition.
+//! record buffered, is at its end, or has stayed empty for `MERGE_MAX_IDLE`.
+//! A backlog spread over partitions is so read in the order it arrived, not
+//! partition by partition.
 //!
 //! Offsets are committed by `run_stage` after the batch's outputs are
 //! acknowledged (`enable.auto.commit=false`). A rebalance is served only
@@ -116,7 +116,7 @@ pub struct KafkaSource {
 
 const WATERMARK_REFRESH: Duration = Duration::from_secs(10);
 
-/// Longest the merge waits for a record of an empty partition before it
+/// Maximum time the merge waits for a record of an empty partition before it
 /// releases the other partitions' records anyway.
 const MERGE_MAX_IDLE: Duration = Duration::from_secs(3);
 
