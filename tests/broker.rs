@@ -73,7 +73,7 @@ impl TestCluster {
     }
 
     /// Starts `blameless stage NAME` with its log in the output folder.
-    fn start_stage(&self, stage: &str, run: usize, metrics_address: &str) -> Child {
+    fn start_stage(&self, stage: &str, run: usize, metrics_address: &str) -> StageProcess {
         let log = std::fs::File::create(self.log_path(stage, run)).unwrap();
         let out = self.out.path();
         Command::new(env!("CARGO_BIN_EXE_blameless"))
@@ -91,6 +91,7 @@ impl TestCluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(StageProcess)
             .unwrap()
     }
 
@@ -161,8 +162,21 @@ fn free_loopback_address() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
-fn stop(mut child: Child) {
-    // SIGTERM first, so the stage stops between batches.
+/// A running `blameless stage` process, killed when dropped, so a failing
+/// test leaves no stage behind.
+struct StageProcess(Child);
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops a stage with SIGTERM, so it stops between batches, and kills it
+/// after 15 seconds.
+fn stop(mut stage: StageProcess) {
+    let child = &mut stage.0;
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -171,8 +185,6 @@ fn stop(mut child: Child) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn voice_ticket(out: &Path) -> Option<TicketPayload> {
@@ -191,7 +203,7 @@ async fn five_stages_ticket_the_outage_on_kafka() {
     let stages = ["normalize", "mask", "archive", "window", "ticket"];
     let metrics_address = free_loopback_address();
     let metrics_address = metrics_address.as_str();
-    let children: Vec<Child> = stages
+    let children: Vec<StageProcess> = stages
         .iter()
         .map(|stage| cluster.start_stage(stage, 0, if *stage == "normalize" { metrics_address } else { "" }))
         .collect();
@@ -319,9 +331,8 @@ async fn killed_normalize_stage_loses_no_record() {
         std::fs::read_to_string(&log).is_ok_and(|text| text.contains("Batch committed."))
     })
     .await;
-    let mut first = first;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    // Dropping the process kills it with SIGKILL.
+    drop(first);
     let normalized_at_kill = cluster.read_topic(topology::NORMALIZED, RecordKind::Normalized).await.len();
     assert!(normalized_at_kill < expected.len(), "the kill came after the whole input was done");
 
