@@ -206,3 +206,30 @@ impl Record {
         }
     }
 }
+
+/// Builds a masked event for tests: one contact of `service` at `time_ms`,
+/// failed for `call_failed` and `ivr_error`, and counted as volume unless it
+/// is an `ivr_error`.
+#[cfg(test)]
+pub(crate) fn test_masked_event(service: &str, event_type: &str, time_ms: i64) -> MaskedEvent {
+    MaskedEvent {
+        event_id: format!("{service}-{time_ms}"),
+        event_type: event_type.into(),
+        platform_source: "genesys_cloud_cx".into(),
+        delivery: "eventbridge".into(),
+        event_time_ms: time_ms,
+        received_at_ms: time_ms,
+        affected_service: service.into(),
+        conversation_id: None,
+        touchpoint: None,
+        agent_pseudonym: None,
+        phone_pseudonym: None,
+        customer_pseudonym: None,
+        mask_key_id: "k1".into(),
+        failed_contacts: i64::from(event_type == "call_failed" || event_type == "ivr_error"),
+        total_contacts: i64::from(event_type != "ivr_error"),
+        dependency: None,
+        attributes: BTreeMap::new(),
+        message: None,
+    }
+}

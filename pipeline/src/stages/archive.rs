@@ -374,31 +374,12 @@ pub fn snapshot_folder(incident_id: &str) -> String {
 mod tests {
     use super::*;
 
-    use std::collections::BTreeMap;
-
     const SERVICE: &str = "voice_inbound";
 
     fn masked(event_id: &str, service: &str, time_ms: i64) -> MaskedEvent {
-        MaskedEvent {
-            event_id: event_id.into(),
-            event_type: "call_failed".into(),
-            platform_source: "genesys_cloud_cx".into(),
-            delivery: "eventbridge".into(),
-            event_time_ms: time_ms,
-            received_at_ms: time_ms,
-            affected_service: service.into(),
-            conversation_id: None,
-            touchpoint: None,
-            agent_pseudonym: None,
-            phone_pseudonym: None,
-            customer_pseudonym: None,
-            mask_key_id: "k1".into(),
-            failed_contacts: 1,
-            total_contacts: 1,
-            dependency: None,
-            attributes: BTreeMap::new(),
-            message: None,
-        }
+        let mut event = crate::model::test_masked_event(service, "call_failed", time_ms);
+        event.event_id = event_id.into();
+        event
     }
 
     fn incident(start_ms: i64, end_ms: Option<i64>) -> IncidentEvent {

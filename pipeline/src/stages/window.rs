@@ -585,28 +585,7 @@ mod tests {
     }
 
     fn event(service: &str, event_type: &str, time_ms: i64) -> MaskedEvent {
-        let failed = i64::from(event_type == "call_failed" || event_type == "ivr_error");
-        let total = i64::from(event_type != "ivr_error");
-        MaskedEvent {
-            event_id: format!("{service}-{time_ms}"),
-            event_type: event_type.into(),
-            platform_source: "genesys_cloud_cx".into(),
-            delivery: "eventbridge".into(),
-            event_time_ms: time_ms,
-            received_at_ms: time_ms,
-            affected_service: service.into(),
-            conversation_id: None,
-            touchpoint: None,
-            agent_pseudonym: None,
-            phone_pseudonym: None,
-            customer_pseudonym: None,
-            mask_key_id: "k1".into(),
-            failed_contacts: failed,
-            total_contacts: total,
-            dependency: None,
-            attributes: BTreeMap::new(),
-            message: None,
-        }
+        crate::model::test_masked_event(service, event_type, time_ms)
     }
 
     fn feed(detector: &mut Detector, events: &[MaskedEvent]) -> Vec<IncidentEvent> {
