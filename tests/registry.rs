@@ -1,7 +1,7 @@
 //! The Confluent wire format through a schema registry test double that
-//! follows the registry's documented REST API: `POST
-//! /subjects/{subject}/versions` registers a schema and answers its id,
-//! `GET /schemas/ids/{id}` answers the schema text, and an unknown id gets
+//! follows the registry's documented REST API. `POST
+//! /subjects/{subject}/versions` registers a schema and returns its id,
+//! `GET /schemas/ids/{id}` returns the schema text, and an unknown id gets
 //! the 404 body with error code 40403.
 
 use std::collections::BTreeMap;
@@ -89,7 +89,7 @@ async fn registry_round_trip_restores_record() {
     let writer = Codec::with_registry(&url).unwrap();
     let bytes = writer.encode("raw-events", &Record::Raw(raw_event())).await.unwrap();
 
-    // A fresh codec knows no schema yet: it fetches it by id.
+    // A fresh codec has no schema cached, so it fetches it by id.
     let reader = Codec::with_registry(&url).unwrap();
     let back: RawEvent = reader.decode(RecordKind::Raw, &bytes).await.unwrap();
     assert_eq!(back, raw_event());

@@ -102,7 +102,7 @@ pub async fn ingest(
                     topic: dead_letter_topic.clone(),
                     key: item.origin.clone(),
                     payload: codec.encode(&dead_letter_topic, &letter).await?,
-                    timestamp_ms: Some(clock.next()),
+                    timestamp_ms: Some(clock.next_timestamp()),
                 });
                 stage_metrics.dead_letters.inc();
                 continue;
@@ -113,7 +113,7 @@ pub async fn ingest(
                 topic: topic.clone(),
                 key,
                 payload,
-                timestamp_ms: Some(clock.next()),
+                timestamp_ms: Some(clock.next_timestamp()),
             });
         }
         stage_metrics.records_in.inc_by(chunk.len() as u64);
@@ -133,7 +133,7 @@ pub struct AcceptClock {
 
 impl AcceptClock {
     /// Returns the next timestamp, later than every one before.
-    pub fn next(&mut self) -> i64 {
+    pub fn next_timestamp(&mut self) -> i64 {
         self.last_ms = now_ms().max(self.last_ms + 1);
         self.last_ms
     }

@@ -99,9 +99,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        // The encoder fails only on a write error or a family without
-        // metrics, and neither occurs when writing registered metrics to a Vec.
-        let _ = encoder.encode(&self.registry.gather(), &mut buffer);
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %error, "Metrics could not be rendered.");
+        }
         String::from_utf8(buffer).unwrap_or_default()
     }
 }

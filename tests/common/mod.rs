@@ -39,7 +39,7 @@ fn collect(value: &serde_json::Value, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Every file under `root`, with its path.
+/// Reads every file under `root`, with its path.
 pub fn files_under(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];

@@ -2,8 +2,9 @@
 //! or a folder of `.json` and `.jsonl` files) and writes each to
 //! `raw-events` with its source, delivery path and receive time. It keeps
 //! the bytes exactly as delivered, even when they are not valid JSON, and
-//! removes only a leading UTF-8 byte order mark. The normalize stage judges
-//! the bytes, so nothing is lost here.
+//! removes only a leading UTF-8 byte order mark. A payload above
+//! `ingest.max_payload_bytes` goes to `dead-letter` instead. Every other
+//! payload reaches `raw-events`, where the normalize stage judges it.
 //!
 //! A line may also be a capture record, `{"capture": {...}, "payload": {...}}`,
 //! which is how a poller records what it fetched: `capture.delivery`,

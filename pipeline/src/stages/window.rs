@@ -18,8 +18,8 @@
 //! night.
 //!
 //! Delivery: the state lives in memory. Offsets are committed only up to the
-//! oldest record still held in state (see `commit_floor`), so a restart
-//! rebuilds the state by reading those records again; incident records may
+//! oldest record the state still keeps (see `commit_floor`), so a restart
+//! rebuilds the state by reading those records again. Incident records may
 //! then repeat with the same ids, which the ticket stage absorbs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -564,13 +564,13 @@ impl Stage for WindowStage {
     }
 
     fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
-        let held = self
+        let oldest_held = self
             .held_records
             .keys()
             .filter(|(_, held_partition, _)| *held_partition == partition)
             .map(|(_, _, offset)| *offset)
             .min();
-        [held, self.detector.floor(partition)].into_iter().flatten().min()
+        [oldest_held, self.detector.floor(partition)].into_iter().flatten().min()
     }
 }
 
