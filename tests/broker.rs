@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blameless::app;
@@ -12,6 +13,7 @@ use blameless::codec::Codec;
 use blameless::config::KafkaConfig;
 use blameless::metrics::Metrics;
 use blameless::model::{Record, RecordKind};
+use blameless::publish::Publisher;
 use blameless::stages::ingest::{read_input, Delivered};
 use blameless::stages::ticket::TicketPayload;
 use blameless::topology::{self, Topology};
@@ -98,13 +100,13 @@ impl TestCluster {
     /// Writes payloads to raw-events in time-ordered chunks, as live traffic
     /// arrives.
     async fn ingest_paced(&self, delivered: &[Delivered], chunk: usize, pause: Duration) {
-        let sink = KafkaSink::new(&self.kafka).unwrap();
+        let sink = Arc::new(KafkaSink::new(&self.kafka).unwrap());
         let topics = TopicNames {
             prefix: self.prefix.clone(),
         };
-        let metrics = Metrics::new();
+        let publisher = Publisher::new(sink, self.codec.clone(), topics, Metrics::new().stage("ingest"), 900_000);
         for part in delivered.chunks(chunk) {
-            app::ingest(part, &sink, &self.codec, &topics, &metrics, 900_000).await.unwrap();
+            publisher.publish(part).await.unwrap();
             tokio::time::sleep(pause).await;
         }
     }

@@ -11,8 +11,9 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, Record, RecordKind};
+use crate::publish::Publisher;
 use crate::stages::archive::{ArchiveStage, ArchiveStore};
-use crate::stages::ingest::{self, Delivered};
+use crate::stages::ingest;
 use crate::stages::mask::{MaskStage, Masker};
 use crate::stages::normalize::NormalizeStage;
 use crate::stages::ticket::{OutboxSink, TicketStage};
@@ -21,7 +22,7 @@ use crate::topology::{self, Topology};
 use crate::transport::kafka::{KafkaSink, KafkaSource};
 use crate::transport::memory::{MemoryLog, MemorySink};
 use crate::transport::{
-    decode_record, now_ms, run_stage, OutRecord, RecordSink, RunReport, RunUntil, Stage, StageRuntime, TopicNames,
+    decode_record, run_stage, RecordSink, RunReport, RunUntil, Stage, StageRuntime, TopicNames,
 };
 
 /// The stages that read a topic, in the order the embedded run drives them.
@@ -67,76 +68,16 @@ fn runtime(config: &Config, codec: Codec, topics: TopicNames, metrics: &Metrics,
     }
 }
 
-/// Encodes delivered payloads as raw events and sends them; returns the count.
-/// A payload above `max_payload_bytes` goes to the dead-letter topic instead,
-/// without its bytes, with a reason naming its file and line.
-pub async fn ingest(
-    delivered: &[Delivered],
-    sink: &dyn RecordSink,
-    codec: &Codec,
-    topics: &TopicNames,
+/// Builds the publisher that writes payloads to `raw-events` with the
+/// configured size limit.
+pub fn publisher(
+    config: &Config,
+    sink: Arc<dyn RecordSink>,
+    codec: Codec,
+    topics: TopicNames,
     metrics: &Metrics,
-    max_payload_bytes: usize,
-) -> anyhow::Result<u64> {
-    let stage_metrics = metrics.stage("ingest");
-    let topic = topics.physical(topology::RAW_EVENTS);
-    let dead_letter_topic = topics.physical(topology::DEAD_LETTER);
-    let received_at = now_ms();
-    let mut clock = AcceptClock::default();
-    for chunk in delivered.chunks(500) {
-        let mut out = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            if let Err(reason) = ingest::check_size(item, max_payload_bytes) {
-                tracing::warn!(stage = "ingest", origin = %item.origin, reason = %reason, "Payload rejected to the dead-letter topic.");
-                let letter = Record::DeadLetter(DeadLetter {
-                    stage: "ingest".into(),
-                    source_topic: item.origin.clone(),
-                    source_partition: -1,
-                    source_offset: -1,
-                    reason,
-                    failed_at_ms: now_ms(),
-                    payload: Vec::new(),
-                    payload_scrubbed: true,
-                });
-                out.push(OutRecord {
-                    topic: dead_letter_topic.clone(),
-                    key: item.origin.clone(),
-                    payload: codec.encode(&dead_letter_topic, &letter).await?,
-                    timestamp_ms: Some(clock.next_timestamp()),
-                });
-                stage_metrics.dead_letters.inc();
-                continue;
-            }
-            let (key, raw) = ingest::to_raw_event(item, received_at);
-            let payload = codec.encode(&topic, &Record::Raw(raw)).await?;
-            out.push(OutRecord {
-                topic: topic.clone(),
-                key,
-                payload,
-                timestamp_ms: Some(clock.next_timestamp()),
-            });
-        }
-        stage_metrics.records_in.inc_by(chunk.len() as u64);
-        sink.send(out).await?;
-        stage_metrics.records_out.inc_by(chunk.len() as u64);
-    }
-    Ok(delivered.len() as u64)
-}
-
-/// Record timestamps of accepted payloads: the wall clock, but strictly
-/// increasing, so payloads read from a file in one millisecond keep their
-/// order. Stages read their input partitions merged by these timestamps.
-#[derive(Default)]
-pub struct AcceptClock {
-    last_ms: i64,
-}
-
-impl AcceptClock {
-    /// Returns the next timestamp, later than every one before.
-    pub fn next_timestamp(&mut self) -> i64 {
-        self.last_ms = now_ms().max(self.last_ms + 1);
-        self.last_ms
-    }
+) -> Publisher {
+    Publisher::new(sink, codec, topics, metrics.stage("ingest"), config.ingest.max_payload_bytes)
 }
 
 /// Counts and output locations of an embedded run.
@@ -169,10 +110,12 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     let codec = Codec::single_object()?;
     let topics = TopicNames::default();
     let metrics = Metrics::new();
-    let sink = MemorySink { log: Arc::clone(&log) };
+    let sink = Arc::new(MemorySink { log: Arc::clone(&log) });
+    let publisher = publisher(config, sink.clone(), codec.clone(), topics.clone(), &metrics);
+    publisher.publish(&delivered).await?;
 
     let mut report = EmbeddedReport {
-        events_read: ingest(&delivered, &sink, &codec, &topics, &metrics, config.ingest.max_payload_bytes).await?,
+        events_read: delivered.len() as u64,
         ..EmbeddedReport::default()
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
@@ -182,7 +125,7 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
         let input_topic = spec.input.clone().context("consuming stage without input")?;
         let mut source = log.consumer(&spec.consumer_group, &input_topic);
         let stage_runtime = runtime(config, codec.clone(), topics.clone(), &metrics, name);
-        let run = run_stage(stage.as_mut(), &mut source, &sink, &stage_runtime, RunUntil::Drained, shutdown.clone()).await?;
+        let run = run_stage(stage.as_mut(), &mut source, sink.as_ref(), &stage_runtime, RunUntil::Drained, shutdown.clone()).await?;
         report.stages.push((name.to_string(), run));
     }
 
@@ -248,13 +191,18 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
             }
         });
     }
-    let sink = KafkaSink::new(&config.kafka)?;
+    let sink = Arc::new(KafkaSink::new(&config.kafka)?);
 
     if name == "ingest" {
         let input = input.context("the ingest stage needs --input PATH (a JSON Lines file or a folder of .json files)")?;
         let delivered = ingest::read_input(input)?;
-        let count = ingest(&delivered, &sink, &codec, &topics, &metrics, config.ingest.max_payload_bytes).await?;
-        tracing::info!(stage = "ingest", records = count, "Input written to raw-events.");
+        let published = publisher(config, sink, codec, topics, &metrics).publish(&delivered).await?;
+        tracing::info!(
+            stage = "ingest",
+            records = published.accepted,
+            dead_letters = published.rejected.len(),
+            "Input written to raw-events."
+        );
         return Ok(());
     }
 
@@ -271,7 +219,7 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
         let _ = stop.send(true);
     });
     tracing::info!(stage = name, consumer_group = %group, topic = %input_topic, "Stage started.");
-    let report = run_stage(stage.as_mut(), &mut source, &sink, &stage_runtime, RunUntil::Shutdown, shutdown).await?;
+    let report = run_stage(stage.as_mut(), &mut source, sink.as_ref(), &stage_runtime, RunUntil::Shutdown, shutdown).await?;
     tracing::info!(stage = name, records_in = report.records_in, dead_letters = report.dead_letters, "Stage stopped.");
     Ok(())
 }

@@ -80,6 +80,7 @@ pub struct Config {
     pub ticket: TicketConfig,
     pub archive: ArchiveConfig,
     pub ingest: IngestConfig,
+    pub sources: SourcesConfig,
 }
 
 /// Environment variable whose exact text is the mask key. figment would read
@@ -309,6 +310,19 @@ impl Default for IngestConfig {
     }
 }
 
+/// Settings of the programs that fetch or receive platform payloads and
+/// publish them to `raw-events`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourcesConfig {
+    /// `blameless source http`: webhooks and forwarded events over HTTP.
+    pub http: crate::sources::receiver::ReceiverConfig,
+    /// `blameless source genesys`: the Genesys Cloud Notification API.
+    pub genesys: crate::sources::genesys_client::GenesysClientConfig,
+    /// `blameless source nice`: the NICE CXone reporting API.
+    pub nice: crate::sources::nice_poller::NicePollerConfig,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("Configuration is invalid: {0}")]
@@ -412,6 +426,9 @@ impl Config {
                 "window.gate_min_failure_share is {share}; it is a share between 0.0 and 1.0 such as 0.05"
             ));
         }
+        self.sources.http.validate(&mut problems);
+        self.sources.genesys.validate(&mut problems);
+        self.sources.nice.validate(&mut problems);
         if self.ticket.sink != "outbox" {
             problems.push(format!(
                 "ticket.sink is {:?}; the supported sink is \"outbox\"",

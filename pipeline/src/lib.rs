@@ -7,6 +7,7 @@ pub mod codec;
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod publish;
 pub mod scrub;
 pub mod sources;
 pub mod stages;

@@ -70,11 +70,29 @@ enum Command {
         #[arg(long)]
         input: PathBuf,
     },
+    /// Fetch or receive platform payloads and publish them to raw-events on
+    /// Kafka, until Ctrl-C or SIGTERM.
+    Source {
+        #[command(subcommand)]
+        kind: SourceKind,
+    },
     /// Manage the topics of topology/.
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
     },
+}
+
+#[derive(Subcommand)]
+enum SourceKind {
+    /// Receive Genesys Cloud and EventBridge-forwarded events and synthetic
+    /// check webhooks over HTTP (settings: [sources.http]).
+    Http,
+    /// Subscribe to Genesys Cloud through the Notification API websocket
+    /// (settings: [sources.genesys]).
+    Genesys,
+    /// Poll the NICE CXone reporting API (settings: [sources.nice]).
+    Nice,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +156,14 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mask { input } => {
             let masker = Masker::new(config.mask_key()?.clone(), config.mask.key_id.clone());
             print_events(&input, Some(&masker))
+        }
+        Command::Source { kind } => {
+            match kind {
+                SourceKind::Http => sources::receiver::run(&config).await?,
+                SourceKind::Genesys => sources::genesys_client::run(&config).await?,
+                SourceKind::Nice => sources::nice_poller::run(&config).await?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Topology { action: TopologyAction::Apply } => {
             let topology = Topology::load_default();

@@ -3,7 +3,10 @@
 //! contains the helpers they share.
 
 pub mod genesys;
+pub mod genesys_client;
 pub mod nice;
+pub mod nice_poller;
+pub mod receiver;
 pub mod synthetics;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat};
