@@ -1,9 +1,9 @@
 //! The one way payloads enter `raw-events`: the ingest command, the HTTP
 //! receiver, the Genesys Notification API client and the NICE poller all
 //! hand their payloads to a [`Publisher`]. It checks the size limit, builds
-//! the raw event, stamps it with an accept time and returns only once the
-//! broker acknowledged every record, so a caller can acknowledge its own
-//! sender (an HTTP 2xx, a cursor commit) knowing nothing is lost.
+//! the raw event and stamps it with an accept time. It returns only once the
+//! broker acknowledged every record, so a caller may then acknowledge its own
+//! sender (an HTTP 2xx, a cursor commit).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,7 +17,7 @@ use crate::transport::{now_ms, OutRecord, RecordSink, TopicNames, TransportError
 /// Records per send: large inputs go out in chunks of this size.
 const CHUNK: usize = 500;
 
-/// What happened to a published batch.
+/// Outcome of a published batch.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Published {
     /// Payloads written to `raw-events`.
@@ -55,7 +55,7 @@ impl Publisher {
         }
     }
 
-    /// The size limit of one payload, `ingest.max_payload_bytes`.
+    /// Returns the size limit of one payload, `ingest.max_payload_bytes`.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }
