@@ -31,7 +31,7 @@ pub const CONSUMING_STAGES: [&str; 5] = ["normalize", "mask", "archive", "window
 /// Builds the record logic of a consuming stage.
 pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>> {
     Ok(match name {
-        "normalize" => Box::new(NormalizeStage),
+        "normalize" => Box::new(NormalizeStage::new(&config.normalize)),
         "mask" => {
             let key = config.mask_key()?.clone();
             Box::new(MaskStage::new(Masker::new(key, config.mask.key_id.clone())))

@@ -81,6 +81,7 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub ingest: IngestConfig,
     pub sources: SourcesConfig,
+    pub normalize: NormalizeConfig,
 }
 
 /// Environment variable whose exact text is the mask key. figment would read
@@ -310,6 +311,92 @@ impl Default for IngestConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NormalizeConfig {
+    /// Copies of an event (same event id) accepted within this many seconds
+    /// of the first are dropped. 0 turns deduplication off. Default 3600.
+    pub dedupe_horizon_secs: u64,
+    /// Rules that name the affected service, tried in order; the first that
+    /// matches wins. An event no rule matches keeps its platform default,
+    /// such as `voice_inbound`.
+    pub service_rules: Vec<ServiceRule>,
+}
+
+impl Default for NormalizeConfig {
+    fn default() -> NormalizeConfig {
+        NormalizeConfig {
+            dedupe_horizon_secs: 3600,
+            service_rules: Vec::new(),
+        }
+    }
+}
+
+/// A service rule: the service to name, and conditions on the normalized
+/// event that must all hold. Each condition compares with an attribute
+/// (`queue_id`, `flow_id`, `dnis`, `media_type`, `direction`,
+/// `integration_id`, `provider`) or with the platform or the default service,
+/// ignoring case.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceRule {
+    pub service: String,
+    pub platform: Option<String>,
+    pub default_service: Option<String>,
+    pub queue_id: Option<String>,
+    pub flow_id: Option<String>,
+    pub dnis: Option<String>,
+    pub media_type: Option<String>,
+    pub direction: Option<String>,
+    pub integration_id: Option<String>,
+    pub provider: Option<String>,
+}
+
+impl ServiceRule {
+    fn conditions(&self) -> [(&'static str, Option<&String>); 9] {
+        [
+            ("platform", self.platform.as_ref()),
+            ("default_service", self.default_service.as_ref()),
+            ("queue_id", self.queue_id.as_ref()),
+            ("flow_id", self.flow_id.as_ref()),
+            ("dnis", self.dnis.as_ref()),
+            ("media_type", self.media_type.as_ref()),
+            ("direction", self.direction.as_ref()),
+            ("integration_id", self.integration_id.as_ref()),
+            ("provider", self.provider.as_ref()),
+        ]
+    }
+
+    /// Returns whether every condition of the rule holds for `event`.
+    pub fn matches(&self, event: &crate::model::NormalizedEvent) -> bool {
+        self.conditions().iter().all(|(name, expected)| {
+            let Some(expected) = expected else { return true };
+            let actual = match *name {
+                "platform" => Some(&event.platform_source),
+                "default_service" => Some(&event.affected_service),
+                attribute => event.attributes.get(attribute),
+            };
+            actual.is_some_and(|actual| actual.eq_ignore_ascii_case(expected))
+        })
+    }
+
+    fn validate(&self, index: usize, problems: &mut Vec<String>) {
+        let valid_name = !self.service.is_empty()
+            && self.service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_name {
+            problems.push(format!(
+                "normalize.service_rules[{index}].service is {:?}; set a service name of lower-case letters, digits and underscores such as \"billing_voice\"",
+                self.service
+            ));
+        }
+        if self.conditions().iter().all(|(_, expected)| expected.is_none()) {
+            problems.push(format!(
+                "normalize.service_rules[{index}] has no condition, so it would match every event; add one such as queue_id or dnis"
+            ));
+        }
+    }
+}
+
 /// Settings of the programs that fetch or receive platform payloads and
 /// publish them to `raw-events`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -425,6 +512,15 @@ impl Config {
             problems.push(format!(
                 "window.gate_min_failure_share is {share}; it is a share between 0.0 and 1.0 such as 0.05"
             ));
+        }
+        if self.normalize.dedupe_horizon_secs > MAX_DURATION_SECS {
+            problems.push(format!(
+                "normalize.dedupe_horizon_secs is {}, above the limit of {MAX_DURATION_SECS} seconds (7 days); set a number of seconds up to {MAX_DURATION_SECS}",
+                self.normalize.dedupe_horizon_secs
+            ));
+        }
+        for (index, rule) in self.normalize.service_rules.iter().enumerate() {
+            rule.validate(index, &mut problems);
         }
         self.sources.http.validate(&mut problems);
         self.sources.genesys.validate(&mut problems);

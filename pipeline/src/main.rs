@@ -11,6 +11,7 @@ use blameless::app;
 use blameless::sources;
 use blameless::stages::ingest;
 use blameless::stages::mask::Masker;
+use blameless::stages::normalize::Normalizer;
 use blameless::config::Config;
 use blameless::topology::Topology;
 use blameless::transport::kafka::{apply_topology, TopicState};
@@ -152,10 +153,10 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             app::run_kafka_stage(&name, &config, input.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Normalize { input } => print_events(&input, None),
+        Command::Normalize { input } => print_events(&config, &input, None),
         Command::Mask { input } => {
             let masker = Masker::new(config.mask_key()?.clone(), config.mask.key_id.clone());
-            print_events(&input, Some(&masker))
+            print_events(&config, &input, Some(&masker))
         }
         Command::Source { kind } => {
             match kind {
@@ -186,16 +187,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Prints the normalized (or, with a masker, masked) events of every payload
 /// of `input` to stdout, and each rejected payload with its reason to stderr.
-fn print_events(input: &std::path::Path, masker: Option<&Masker>) -> anyhow::Result<ExitCode> {
+fn print_events(config: &Config, input: &std::path::Path, masker: Option<&Masker>) -> anyhow::Result<ExitCode> {
     let delivered = ingest::read_input(input)?;
     let received_at = chrono::Utc::now().timestamp_millis();
+    let normalizer = Normalizer::new(&config.normalize);
+    let mut seen = std::collections::HashSet::new();
     let mut stdout = std::io::stdout().lock();
-    let (mut printed, mut rejected) = (0, 0);
+    let (mut printed, mut rejected, mut duplicates) = (0, 0, 0);
     for item in &delivered {
         let (_, raw) = ingest::to_raw_event(item, received_at);
-        match sources::normalize(&raw) {
+        match normalizer.normalize(&raw) {
             Ok(events) => {
                 for event in events {
+                    // One input is one delivery window: a copy of an event
+                    // is dropped as the normalize stage would.
+                    if config.normalize.dedupe_horizon_secs > 0 && !seen.insert(event.event_id.clone()) {
+                        duplicates += 1;
+                        eprintln!("{}: duplicate of event {} dropped", item.origin, event.event_id);
+                        continue;
+                    }
                     let line = match masker {
                         Some(masker) => serde_json::to_string(&masker.mask(event))?,
                         None => serde_json::to_string(&event)?,
@@ -210,7 +220,10 @@ fn print_events(input: &std::path::Path, masker: Option<&Masker>) -> anyhow::Res
             }
         }
     }
-    eprintln!("{} payloads read, {printed} events printed, {rejected} payloads rejected.", delivered.len());
+    eprintln!(
+        "{} payloads read, {printed} events printed, {duplicates} duplicates dropped, {rejected} payloads rejected.",
+        delivered.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -112,6 +112,11 @@ pub struct KafkaSource {
     /// High watermarks by partition, refreshed at most every
     /// `WATERMARK_REFRESH`, for the lag gauge.
     high_watermarks: Mutex<HashMap<(String, i32), (i64, Instant)>>,
+    /// Done marks by partition (see `done_metadata`), read from the group's
+    /// committed metadata when the partition's first record arrives.
+    done_marks: HashMap<i32, i64>,
+    /// Offset after the last record released, by partition.
+    released: HashMap<i32, i64>,
 }
 
 const WATERMARK_REFRESH: Duration = Duration::from_secs(10);
@@ -148,6 +153,8 @@ impl KafkaSource {
             at_end: BTreeMap::new(),
             waiting_since: None,
             high_watermarks: Mutex::new(HashMap::new()),
+            done_marks: HashMap::new(),
+            released: HashMap::new(),
         })
     }
 }
@@ -160,6 +167,7 @@ fn to_in_record(message: &rdkafka::message::BorrowedMessage<'_>) -> InRecord {
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
         timestamp_ms: message.timestamp().to_millis(),
+        replay: false,
     }
 }
 
@@ -184,8 +192,33 @@ impl KafkaSource {
         // committed offset: the records buffered from there on come again.
         if buffer.back().is_some_and(|last| last.offset >= record.offset) {
             buffer.retain(|buffered| buffered.offset < record.offset);
+            self.done_marks.remove(&record.partition);
         }
+        let partition = record.partition;
         buffer.push_back(record);
+        if !self.done_marks.contains_key(&partition) {
+            let mark = self.committed_done_mark(partition);
+            self.done_marks.insert(partition, mark);
+        }
+    }
+
+    /// Reads the done mark that the group committed for `partition`, or 0
+    /// when there is none (a new group, or a commit from an older version).
+    fn committed_done_mark(&self, partition: i32) -> i64 {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        match self.consumer.committed_offsets(list, Duration::from_secs(10)) {
+            Ok(committed) => committed
+                .find_partition(&self.topic, partition)
+                .and_then(|element| super::parse_done_metadata(element.metadata()))
+                .unwrap_or(0),
+            Err(error) => {
+                // Without the mark, records are processed as new: at least
+                // once, as before marks existed.
+                tracing::warn!(topic = %self.topic, partition, error = %error, "Could not read the committed done mark; records read again will be sent again.");
+                0
+            }
+        }
     }
 
     /// Moves buffered records to `batch` in timestamp order, as long as no
@@ -216,7 +249,9 @@ impl KafkaSource {
             } else {
                 self.waiting_since = None;
             }
-            if let Some(record) = self.buffers.get_mut(&partition).and_then(VecDeque::pop_front) {
+            if let Some(mut record) = self.buffers.get_mut(&partition).and_then(VecDeque::pop_front) {
+                record.replay = record.offset < self.done_marks.get(&partition).copied().unwrap_or(0);
+                self.released.insert(partition, record.offset + 1);
                 batch.push(record);
             }
         }
@@ -256,6 +291,8 @@ impl RecordSource for KafkaSource {
         // committed offset, so this member neither processes nor commits them.
         let assigned = self.assigned_partitions();
         batch.retain(|record| assigned.contains(&record.partition));
+        self.done_marks.retain(|partition, _| assigned.contains(partition));
+        self.released.retain(|partition, _| assigned.contains(partition));
         Ok(batch)
     }
 
@@ -265,8 +302,20 @@ impl RecordSource for KafkaSource {
         }
         let mut list = TopicPartitionList::new();
         for (topic, partition, next) in positions {
+            // Every released record was processed and its outputs
+            // acknowledged, because `run_stage` commits after each batch.
+            let done = self
+                .done_marks
+                .get(partition)
+                .copied()
+                .unwrap_or(0)
+                .max(self.released.get(partition).copied().unwrap_or(*next));
+            self.done_marks.insert(*partition, done);
             list.add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(kafka_error("commit"))?;
+            if let Some(mut element) = list.find_partition(topic, *partition) {
+                element.set_metadata(super::done_metadata(done));
+            }
         }
         if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::warn!(topic = %self.topic, error = %error, "Commit failed; the records will be delivered again.");

@@ -23,7 +23,9 @@ struct StoredRecord {
 #[derive(Default)]
 struct LogState {
     topics: HashMap<String, Vec<Vec<StoredRecord>>>,
-    commits: HashMap<(String, String, i32), i64>,
+    /// Committed next offset and done mark (see `done_metadata`) by group,
+    /// topic and partition.
+    commits: HashMap<(String, String, i32), (i64, i64)>,
     next_sequence: u64,
 }
 
@@ -119,25 +121,32 @@ impl MemoryLog {
 
     /// Returns the committed next offset of a consumer group on a partition.
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> i64 {
+        self.committed_with_done(group, topic, partition).0
+    }
+
+    /// Returns the committed next offset and the done mark of a consumer
+    /// group on a partition.
+    fn committed_with_done(&self, group: &str, topic: &str, partition: i32) -> (i64, i64) {
         self.lock()
             .commits
             .get(&(group.to_string(), topic.to_string(), partition))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or((0, 0))
     }
 
     /// Creates a consumer in `group` owning every partition of `topic`, starting at
     /// the group's committed offsets.
     pub fn consumer(self: &Arc<Self>, group: &str, topic: &str) -> MemoryConsumer {
         let partitions = self.partition_count(topic);
-        let positions = (0..partitions)
-            .map(|p| self.committed(group, topic, p as i32))
-            .collect();
+        let (positions, done): (Vec<i64>, Vec<i64>) = (0..partitions)
+            .map(|p| self.committed_with_done(group, topic, p as i32))
+            .unzip();
         MemoryConsumer {
             log: Arc::clone(self),
             group: group.to_string(),
             topic: topic.to_string(),
             positions,
+            done,
         }
     }
 }
@@ -150,6 +159,7 @@ fn to_in_record(topic: &str, partition: usize, offset: usize, stored: &StoredRec
         key: Some(stored.key.as_bytes().to_vec()),
         payload: Some(stored.payload.clone()),
         timestamp_ms: stored.timestamp_ms,
+        replay: false,
     }
 }
 
@@ -198,6 +208,9 @@ pub struct MemoryConsumer {
     group: String,
     topic: String,
     positions: Vec<i64>,
+    /// Offsets below this mark, by partition, were processed before this
+    /// consumer started: records read again below it are replays.
+    done: Vec<i64>,
 }
 
 impl MemoryConsumer {
@@ -219,7 +232,9 @@ impl MemoryConsumer {
                 })
                 .min();
             let Some((_, partition, offset)) = next else { break };
-            batch.push(to_in_record(&self.topic, partition, offset, &partitions[partition][offset]));
+            let mut record = to_in_record(&self.topic, partition, offset, &partitions[partition][offset]);
+            record.replay = (offset as i64) < self.done[partition];
+            batch.push(record);
             self.positions[partition] += 1;
         }
         batch
@@ -242,9 +257,16 @@ impl RecordSource for MemoryConsumer {
     async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError> {
         let mut state = self.log.lock();
         for (topic, partition, next) in positions {
+            // Every record read so far was processed and its outputs
+            // acknowledged, because `run_stage` commits after each batch.
+            let index = *partition as usize;
+            if let Some(done) = self.done.get_mut(index) {
+                *done = (*done).max(self.positions[index]);
+            }
+            let done = self.done.get(index).copied().unwrap_or(*next);
             state
                 .commits
-                .insert((self.group.clone(), topic.clone(), *partition), *next);
+                .insert((self.group.clone(), topic.clone(), *partition), (*next, done));
         }
         Ok(())
     }

@@ -34,6 +34,23 @@ pub struct InRecord {
     /// The record timestamp, in epoch milliseconds: the order in which the
     /// ingest stage accepted the payload, carried along by every stage.
     pub timestamp_ms: Option<i64>,
+    /// Whether the group already processed this record and sent its outputs
+    /// before a restart. A commit floor makes the stage read such records
+    /// again to rebuild its state, and their outputs are not sent twice.
+    pub replay: bool,
+}
+
+/// Commit metadata that records the offset after the last record whose
+/// outputs were acknowledged: `done=<offset>`. The committed offset may be
+/// lower, held back by a commit floor.
+pub fn done_metadata(done_until: i64) -> String {
+    format!("done={done_until}")
+}
+
+/// Reads [`done_metadata`]; any other text, such as another client's
+/// metadata, gives `None`.
+pub fn parse_done_metadata(metadata: &str) -> Option<i64> {
+    metadata.strip_prefix("done=")?.parse().ok()
 }
 
 /// A record to write, already encoded.
@@ -263,6 +280,7 @@ async fn process_batch(
     let mut decoded = Vec::with_capacity(batch.len());
     let mut originals = Vec::with_capacity(batch.len());
     let mut timestamps = Vec::with_capacity(batch.len());
+    let mut replays = Vec::with_capacity(batch.len());
 
     for record in &batch {
         next_offsets.insert((record.topic.clone(), record.partition), record.offset + 1);
@@ -281,7 +299,10 @@ async fn process_batch(
                 });
                 originals.push(payload.to_vec());
                 timestamps.push(record.timestamp_ms);
+                replays.push(record.replay);
             }
+            // A replayed record that does not decode was dead-lettered before.
+            Err(_) if record.replay => {}
             Err(error) => {
                 let reject = Reject::new(error.to_string());
                 let mut letter = dead_letter(stage, runtime, &position, payload, reject).await?;
@@ -296,8 +317,15 @@ async fn process_batch(
 
     let positions: Vec<Position> = decoded.iter().map(|d| d.position.clone()).collect();
     let outcomes = stage.process(decoded).await?;
-    let inputs = positions.into_iter().zip(originals).zip(timestamps);
-    for (outcome, ((position, original), timestamp_ms)) in outcomes.into_iter().zip(inputs) {
+    let inputs = positions.into_iter().zip(originals).zip(timestamps).zip(replays);
+    let mut replayed = 0u64;
+    for (outcome, (((position, original), timestamp_ms), replay)) in outcomes.into_iter().zip(inputs) {
+        if replay {
+            // Its outputs and dead letters were acknowledged before the
+            // restart: the stage read it only to rebuild its state.
+            replayed += 1;
+            continue;
+        }
         match outcome {
             Ok(emits) => {
                 for emit in emits {
@@ -357,7 +385,7 @@ async fn process_batch(
         }
     }
     source.commit(&commits).await?;
-    tracing::debug!(stage = stage.name(), records = batch.len(), produced, "Batch committed.");
+    tracing::debug!(stage = stage.name(), records = batch.len(), replayed, produced, "Batch committed.");
     runtime
         .metrics
         .processing_seconds
