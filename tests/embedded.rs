@@ -246,18 +246,25 @@ mod window_restart {
         let report = super::run(out.path()).await;
         let log = report.log.unwrap();
 
-        let straight: BTreeSet<_> = run_window(&log, "straight", None).await.into_iter().collect();
+        let straight_changes = run_window(&log, "straight", None).await;
+        let straight: BTreeSet<_> = straight_changes.iter().cloned().collect();
         let opened = straight.iter().filter(|(_, change)| change == "opened").count();
         assert_eq!(opened, 4, "{straight:?}");
 
         // Crash after 5 batches of 200 (the voice outage is open by then),
         // then restart the same consumer group from its commits.
-        let before: BTreeSet<_> = run_window(&log, "crashing", Some(5)).await.into_iter().collect();
+        let before_changes = run_window(&log, "crashing", Some(5)).await;
+        let before: BTreeSet<_> = before_changes.iter().cloned().collect();
         assert!(before.iter().any(|(_, change)| change == "opened"), "no incident was open at the crash: {before:?}");
-        let after: BTreeSet<_> = run_window(&log, "crashing", None).await.into_iter().collect();
+        let after_changes = run_window(&log, "crashing", None).await;
+        let after: BTreeSet<_> = after_changes.iter().cloned().collect();
 
         let together: BTreeSet<_> = before.union(&after).cloned().collect();
         assert_eq!(together, straight);
+        // The restart reads the open incident's records again to rebuild it,
+        // but sends none of their changes a second time.
+        assert!(before.is_disjoint(&after), "changes sent twice: {:?}", before.intersection(&after).collect::<Vec<_>>());
+        assert_eq!(before_changes.len() + after_changes.len(), straight_changes.len());
     }
 }
 
@@ -372,4 +379,89 @@ async fn oversized_payload_is_dead_lettered_by_ingest() {
     assert!(letter.reason.contains("4000"), "{}", letter.reason);
     // The third line repeats the first, so the normalize stage drops it.
     assert_eq!(report.normalized, 1);
+}
+
+mod normalize_restart {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use blameless::codec::Codec;
+    use blameless::config::NormalizeConfig;
+    use blameless::metrics::Metrics;
+    use blameless::model::{Record, RecordKind};
+    use blameless::publish::Publisher;
+    use blameless::stages::ingest::split_lines;
+    use blameless::stages::normalize::NormalizeStage;
+    use blameless::topology;
+    use blameless::transport::memory::{MemoryLog, MemorySink};
+    use blameless::transport::{decode_record, run_stage, RunUntil, StageRuntime, TopicNames};
+
+    fn customer_end(conversation: &str, event_time_ms: i64) -> String {
+        format!(
+            r#"{{"topicName":"v2.detail.events.conversation.{conversation}.customer.end","eventBody":{{"eventTime":{event_time_ms},"conversationId":"{conversation}","participantId":"p1","mediaType":"VOICE","direction":"INBOUND","disconnectType":"ERROR"}}}}"#
+        )
+    }
+
+    /// Publishes JSON Lines to raw-events, then runs a new normalize stage of
+    /// one consumer group until the input is drained, as a restarted process.
+    async fn publish_and_normalize(log: &Arc<MemoryLog>, lines: &[String], config: &NormalizeConfig) {
+        let sink = Arc::new(MemorySink { log: Arc::clone(log) });
+        let codec = Codec::single_object().unwrap();
+        let publisher = Publisher::new(sink.clone(), codec.clone(), TopicNames::default(), Metrics::new().stage("ingest"), 900_000);
+        publisher.publish(&split_lines(lines.join("\n").as_bytes(), "test")).await.unwrap();
+
+        let runtime = StageRuntime {
+            codec,
+            topics: TopicNames::default(),
+            metrics: Metrics::new().stage("normalize"),
+            batch_max_records: 100,
+            batch_max_wait: Duration::from_millis(1),
+            tick: Duration::from_secs(3600),
+        };
+        let mut stage = NormalizeStage::new(config);
+        let mut consumer = log.consumer("normalize", topology::RAW_EVENTS);
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        run_stage(&mut stage, &mut consumer, sink.as_ref(), &runtime, RunUntil::Drained, shutdown).await.unwrap();
+    }
+
+    async fn normalized_conversations(log: &MemoryLog) -> Vec<String> {
+        let codec = Codec::single_object().unwrap();
+        let mut conversations = Vec::new();
+        for record in log.records(topology::NORMALIZED) {
+            if let Record::Normalized(event) = decode_record(&codec, RecordKind::Normalized, &record.payload.unwrap()).await.unwrap() {
+                conversations.push(event.conversation_id.unwrap());
+            }
+        }
+        conversations.sort();
+        conversations
+    }
+
+    async fn run_twice(config: &NormalizeConfig) -> Vec<String> {
+        let log = MemoryLog::new();
+        for topic in [topology::RAW_EVENTS, topology::NORMALIZED, topology::DEAD_LETTER] {
+            log.create_topic(topic, 6);
+        }
+        let first = [customer_end("c1", 1_765_551_713_000), customer_end("c2", 1_765_551_714_000)];
+        publish_and_normalize(&log, &first, config).await;
+        // After the restart, the platform delivers c1's event again.
+        let second = [customer_end("c1", 1_765_551_713_000), customer_end("c3", 1_765_551_715_000)];
+        publish_and_normalize(&log, &second, config).await;
+        normalized_conversations(&log).await
+    }
+
+    #[tokio::test]
+    async fn copy_after_restart_is_dropped() {
+        let conversations = run_twice(&NormalizeConfig::default()).await;
+        assert_eq!(conversations, ["c1", "c2", "c3"]);
+    }
+
+    #[tokio::test]
+    async fn copy_passes_without_dedupe() {
+        let config = NormalizeConfig {
+            dedupe_horizon_secs: 0,
+            ..NormalizeConfig::default()
+        };
+        let conversations = run_twice(&config).await;
+        assert_eq!(conversations, ["c1", "c1", "c2", "c3"]);
+    }
 }

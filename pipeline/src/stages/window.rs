@@ -454,7 +454,8 @@ const REORDER_IDLE: Duration = Duration::from_secs(10);
 pub struct WindowStage {
     detector: Detector,
     /// Records waiting for release, by (timestamp, partition, offset).
-    held_records: BTreeMap<(i64, i32, i64), MaskedEvent>,
+    /// Records held for reordering, with whether each is a replay.
+    held_records: BTreeMap<(i64, i32, i64), (MaskedEvent, bool)>,
     newest_timestamp_ms: i64,
     last_input: Option<Instant>,
     /// Changes released by a batch that had no accepted record to carry them.
@@ -481,8 +482,13 @@ impl WindowStage {
             if timestamp > until_ms {
                 break;
             }
-            let event = entry.remove();
-            changes.extend(self.detector.observe(&event, partition, offset));
+            let (event, replay) = entry.remove();
+            let observed = self.detector.observe(&event, partition, offset);
+            // A replayed record rebuilds state; its changes were sent before
+            // the restart.
+            if !replay {
+                changes.extend(observed);
+            }
         }
         changes
     }
@@ -520,7 +526,9 @@ impl Stage for WindowStage {
 
     async fn process(&mut self, batch: Vec<Decoded>) -> Result<Vec<Outcome>, TransportError> {
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut replays = Vec::with_capacity(batch.len());
         for decoded in batch {
+            replays.push(decoded.replay);
             match decoded.record {
                 Record::Masked(event) => {
                     // A record without a timestamp keeps its place in the
@@ -528,7 +536,7 @@ impl Stage for WindowStage {
                     let timestamp = decoded.timestamp_ms.unwrap_or(self.newest_timestamp_ms);
                     self.newest_timestamp_ms = self.newest_timestamp_ms.max(timestamp);
                     let key = (timestamp, decoded.position.partition, decoded.position.offset);
-                    self.held_records.insert(key, event);
+                    self.held_records.insert(key, (event, decoded.replay));
                     outcomes.push(Ok(Vec::new()));
                 }
                 _ => outcomes.push(Err(Reject::new("window reads masked events only"))),
@@ -536,11 +544,18 @@ impl Stage for WindowStage {
         }
         self.last_input = Some(Instant::now());
         // The changes released now come from earlier records: the last
-        // outcome carries them, and the commit floor covers what is held.
+        // outcome that is sent carries them, and the commit floor covers
+        // what is held.
         let changes = self.release(self.newest_timestamp_ms.saturating_sub(self.detector.rules.reorder_ms));
-        match outcomes.iter_mut().rev().find(|o| o.is_ok()) {
-            Some(Ok(emits)) => emits.extend(Self::emits(changes)),
-            // Every record of the batch was rejected: the next tick sends them.
+        let carrier = outcomes
+            .iter_mut()
+            .zip(&replays)
+            .rev()
+            .find(|(outcome, replay)| outcome.is_ok() && !**replay);
+        match carrier {
+            Some((Ok(emits), _)) => emits.extend(Self::emits(changes)),
+            // Every record of the batch was rejected or replayed: the next
+            // tick sends them.
             _ => self.pending.extend(changes),
         }
         Ok(outcomes)
@@ -748,6 +763,7 @@ mod tests {
             },
             record: Record::Masked(event),
             timestamp_ms: Some(timestamp_ms),
+            replay: false,
         }
     }
 

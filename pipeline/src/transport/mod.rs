@@ -79,6 +79,9 @@ pub struct Decoded {
     pub record: Record,
     /// The input record's timestamp, in epoch milliseconds.
     pub timestamp_ms: Option<i64>,
+    /// Whether the record is read again after a restart (see
+    /// [`InRecord::replay`]): its outputs are not sent.
+    pub replay: bool,
 }
 
 /// An output of a stage, addressed by the topology's topic name.
@@ -296,6 +299,7 @@ async fn process_batch(
                     position,
                     record: input,
                     timestamp_ms: record.timestamp_ms,
+                    replay: record.replay,
                 });
                 originals.push(payload.to_vec());
                 timestamps.push(record.timestamp_ms);
