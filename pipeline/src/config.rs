@@ -721,4 +721,16 @@ mod tests {
         config.mask.key = Secret::new("short");
         assert!(config.mask_key().is_err());
     }
+
+    #[test]
+    fn service_rule_needs_name_and_condition() {
+        let mut config = Config::default();
+        config.normalize.service_rules = vec![ServiceRule {
+            service: "Billing Voice".into(),
+            ..ServiceRule::default()
+        }];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("normalize.service_rules[0].service is \"Billing Voice\""), "{error}");
+        assert!(error.contains("normalize.service_rules[0] has no condition"), "{error}");
+    }
 }

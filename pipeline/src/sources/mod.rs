@@ -23,6 +23,8 @@ pub enum Source {
     GenesysEventBridge,
     /// Genesys Cloud CX, as a Notification API message.
     GenesysNotification,
+    /// Genesys Cloud CX, a conversation as the Conversations API returns it.
+    GenesysConversation,
     /// NICE CXone reporting API response.
     Nice,
     /// Datadog Synthetics webhook.
@@ -35,7 +37,7 @@ pub enum Source {
 impl Source {
     pub fn name(self) -> &'static str {
         match self {
-            Source::GenesysEventBridge | Source::GenesysNotification => "genesys",
+            Source::GenesysEventBridge | Source::GenesysNotification | Source::GenesysConversation => "genesys",
             Source::Nice => "nice",
             Source::Datadog => "datadog",
             Source::Pingdom => "pingdom",
@@ -47,6 +49,7 @@ impl Source {
         match self {
             Source::GenesysEventBridge => "eventbridge",
             Source::GenesysNotification => "notification_api",
+            Source::GenesysConversation => "conversation_api",
             Source::Nice => "nice_reporting_poll",
             Source::Datadog | Source::Pingdom => "webhook",
             Source::Unknown => "unknown",
@@ -63,6 +66,8 @@ pub fn recognize(payload: &Value) -> Source {
         Source::GenesysEventBridge
     } else if object.contains_key("topicName") && object.contains_key("eventBody") {
         Source::GenesysNotification
+    } else if object.contains_key("id") && object.get("participants").is_some_and(Value::is_array) {
+        Source::GenesysConversation
     } else if object.contains_key("skillSummaries") || object.contains_key("agentStates") {
         Source::Nice
     } else if object.contains_key("event_type") && object.contains_key("alert") {
@@ -84,6 +89,7 @@ pub fn normalize(raw: &RawEvent) -> Result<Vec<NormalizedEvent>, String> {
     })?;
     match recognize(&payload) {
         Source::GenesysEventBridge | Source::GenesysNotification => genesys::normalize(raw, &payload),
+        Source::GenesysConversation => genesys::normalize_conversation(raw, &payload),
         Source::Nice => nice::normalize(raw, &payload),
         Source::Datadog => synthetics::normalize_datadog(raw, &payload),
         Source::Pingdom => synthetics::normalize_pingdom(raw, &payload),
@@ -101,7 +107,7 @@ fn unknown_shape(payload: &Value) -> String {
         other => format!("a JSON {}", json_type(other)),
     };
     format!(
-        "payload shape is not recognized: {shape}. Expected a Genesys Cloud CX EventBridge envelope or Notification API message, a NICE CXone reporting response, or a Datadog or Pingdom webhook body"
+        "payload shape is not recognized: {shape}. Expected a Genesys Cloud CX EventBridge envelope, Notification API message or conversation, a NICE CXone reporting response, or a Datadog or Pingdom webhook body"
     )
 }
 

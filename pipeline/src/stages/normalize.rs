@@ -201,6 +201,46 @@ impl Stage for NormalizeStage {
 mod tests {
     use super::*;
 
+    fn customer_end(dnis: &str) -> RawEvent {
+        let payload = format!(
+            r#"{{"topicName":"v2.detail.events.conversation.c1.customer.end","eventBody":{{"eventTime":1765551713383,"conversationId":"c1","dnis":"{dnis}"}}}}"#
+        );
+        RawEvent {
+            event_id: "e1".into(),
+            source: "genesys".into(),
+            delivery: "notification_api".into(),
+            received_at_ms: 0,
+            interval_start_ms: None,
+            interval_end_ms: None,
+            payload: payload.into_bytes(),
+        }
+    }
+
+    #[test]
+    fn service_rules_first_match_wins() {
+        let rule = |service: &str, dnis: Option<&str>, media: Option<&str>| ServiceRule {
+            service: service.into(),
+            dnis: dnis.map(Into::into),
+            media_type: media.map(Into::into),
+            ..ServiceRule::default()
+        };
+        let config = NormalizeConfig {
+            service_rules: vec![
+                rule("billing_voice", Some("+13175550100"), Some("voice")),
+                rule("any_voice", None, Some("VOICE")),
+            ],
+            ..NormalizeConfig::default()
+        };
+        let normalizer = Normalizer::new(&config);
+        let billing = normalizer.normalize(&customer_end("tel:+13175550100")).unwrap().remove(0);
+        assert_eq!(billing.affected_service, "billing_voice");
+        assert_eq!(billing.attributes["default_service"], "voice_inbound");
+        let other = normalizer.normalize(&customer_end("tel:+13175550111")).unwrap().remove(0);
+        assert_eq!(other.affected_service, "any_voice");
+        let unruled = Normalizer::default().normalize(&customer_end("tel:+13175550100")).unwrap().remove(0);
+        assert_eq!(unruled.affected_service, "voice_inbound");
+    }
+
     #[test]
     fn dedupe_drops_copy_within_horizon() {
         let mut dedupe = Dedupe::new(60_000);
