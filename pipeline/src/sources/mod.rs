@@ -407,4 +407,86 @@ mod tests {
         assert_eq!(slug("Sales Operations Email"), "sales_operations_email");
         assert_eq!(slug("  CRM - Login!"), "crm_login");
     }
+
+    mod never_panics {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use crate::model::RawEvent;
+
+        fn raw(payload: Vec<u8>) -> RawEvent {
+            RawEvent {
+                event_id: "e1".into(),
+                source: "unknown".into(),
+                delivery: "test".into(),
+                received_at_ms: 1_765_551_713_383,
+                interval_start_ms: None,
+                interval_end_ms: None,
+                payload,
+            }
+        }
+
+        /// Any JSON value, nested a few levels.
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|n| json!(n)),
+                ".{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,12}", inner, 0..8)
+                        .prop_map(|map| Value::Object(map.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Field names the platforms use, so generated objects reach deep
+        /// into each mapping instead of stopping at shape recognition.
+        const KNOWN_KEYS: [&str; 24] = [
+            "detail-type", "detail", "topicName", "eventBody", "eventTime", "conversationId", "mediaType",
+            "direction", "disconnectType", "flowOutcomeValue", "exitReason", "participants", "id", "purpose",
+            "calls", "endTime", "skillSummaries", "serviceLevel", "serviceLevelGoal", "event_type", "alert",
+            "check_id", "current_state", "timestamp",
+        ];
+
+        /// JSON objects built from the platforms' field names and any
+        /// values.
+        fn platform_like() -> impl Strategy<Value = Value> {
+            let value = prop_oneof![
+                any_json(),
+                Just(json!("v2.detail.events.conversation.c1.customer.end")),
+                Just(json!("v2.operations.events.org")),
+                Just(json!("v2.routing.queues.q.conversations")),
+                Just(json!(1_765_551_713_383_i64)),
+                Just(json!("customer")),
+            ];
+            let object = prop::collection::btree_map(prop::sample::select(KNOWN_KEYS.to_vec()), value, 0..10)
+                .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k.to_string(), v)).collect()));
+            object.prop_recursive(3, 48, 6, |inner| {
+                prop::collection::btree_map(prop::sample::select(KNOWN_KEYS.to_vec()), inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = super::super::normalize(&raw(bytes));
+            }
+
+            #[test]
+            fn arbitrary_json(value in any_json()) {
+                let _ = super::super::normalize(&raw(serde_json::to_vec(&value).unwrap()));
+            }
+
+            #[test]
+            fn platform_like_json(value in platform_like()) {
+                let _ = super::super::normalize(&raw(serde_json::to_vec(&value).unwrap()));
+            }
+        }
+    }
 }
