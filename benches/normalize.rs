@@ -1,9 +1,9 @@
 //! Normalize throughput on a generated day of contact-center traffic.
 //!
-//! The day: 10,000 Genesys Cloud voice and chat conversations spread over 24
-//! hours, each delivered as its detail events (customer start, flow outcome,
-//! ACD start and end, agent start and end, after-call work, customer end),
-//! with 3% of calls ending in a transport failure. Every minute adds a NICE
+//! The day has 10,000 Genesys Cloud voice and chat conversations spread over
+//! 24 hours. Each is delivered as its detail events: customer start, flow
+//! outcome, ACD start and end, agent start and end, after-call work and
+//! customer end. 3% of calls end in a transport failure. Every minute adds a NICE
 //! CXone skill summary for 4 skills and a Pingdom check. 1% of the Genesys
 //! events are delivered twice, as EventBridge retries do.
 //!
@@ -112,20 +112,21 @@ fn generate_day() -> Vec<RawEvent> {
     events
 }
 
-/// Normalizes and dedupes every raw event; returns the events kept.
+/// Normalizes and dedupes every raw event, and returns the number of unique
+/// events.
 fn normalize_day(normalizer: &Normalizer, day: &[RawEvent]) -> usize {
     let mut dedupe = Dedupe::new(3_600_000);
-    let mut kept = 0;
+    let mut unique = 0;
     for (offset, raw) in day.iter().enumerate() {
         if let Ok(events) = normalizer.normalize(raw) {
             for event in events {
                 if dedupe.first_sighting(&event.event_id, 0, offset as i64, raw.received_at_ms) {
-                    kept += 1;
+                    unique += 1;
                 }
             }
         }
     }
-    kept
+    unique
 }
 
 fn bench_normalize_day(c: &mut Criterion) {

@@ -282,7 +282,7 @@ fn is_conversation_topic(topic: &str) -> bool {
 
 /// Maps an operational event (`v2.operations.events.{orgId}`). An event about
 /// a data action or an integration is an `api_connection_error` on the
-/// service `integration_<name>`; any other is an `operational_event` on
+/// service `integration_<name>`. Any other is an `operational_event` on
 /// `platform_operations`, which is no signal.
 fn operational_event(raw: &RawEvent, topic: &str, body: &Value) -> Result<Vec<NormalizedEvent>, String> {
     let event_time_ms = match body.get("timestamp") {

@@ -9,7 +9,7 @@
 //! - an event whose id was already seen within the dedupe horizon is dropped.
 //!   Copies of one platform event share a `raw-events` key (the conversation
 //!   id, or the source's own id), so they meet in one partition. The stage
-//!   holds its commits back to the oldest record inside the horizon, so a
+//!   keeps its commits back to the oldest record inside the horizon, so a
 //!   restarted stage reads that span again and rebuilds what it had seen.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -215,7 +215,7 @@ impl KafkaSource {
             Err(error) => {
                 // Without the mark, records are processed as new: at least
                 // once, as before marks existed.
-                tracing::warn!(topic = %self.topic, partition, error = %error, "Could not read the committed done mark; records read again will be sent again.");
+                tracing::warn!(topic = %self.topic, partition, error = %error, "Failed to read the committed done mark, so records read again will be sent again.");
                 0
             }
         }
