@@ -366,6 +366,75 @@ async fn killed_normalize_stage_loses_no_record() {
     assert_eq!(dead.len(), 5);
 }
 
+fn customer_end(conversation: usize, event_time_ms: i64) -> Delivered {
+    let text = format!(
+        r#"{{"topicName":"v2.detail.events.conversation.conv-{conversation}.customer.end","eventBody":{{"eventTime":{event_time_ms},"conversationId":"conv-{conversation}","participantId":"p-{conversation}","mediaType":"VOICE","direction":"INBOUND","disconnectType":"ENDPOINT"}}}}"#
+    );
+    Delivered {
+        origin: format!("conv-{conversation}"),
+        bytes: text.into_bytes(),
+    }
+}
+
+/// Returns the normalized events by conversation id, with their event times.
+async fn normalized_by_conversation(cluster: &TestCluster) -> Vec<(String, i64)> {
+    let mut events: Vec<(String, i64)> = cluster
+        .read_topic(topology::NORMALIZED, RecordKind::Normalized)
+        .await
+        .into_iter()
+        .filter_map(|(_, _, record)| match record {
+            Record::Normalized(event) => Some((event.conversation_id?, event.event_time_ms)),
+            _ => None,
+        })
+        .collect();
+    events.sort();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Kafka: run scripts/test.sh"]
+async fn duplicates_and_reordering_survive_a_restart() {
+    let cluster = TestCluster::new("dedupe").await;
+    // Event times run backwards through each delivery, as a platform that
+    // retries late delivers them.
+    let time_of = |conversation: usize| 1_765_551_713_000 - conversation as i64 * 1000;
+    let first: Vec<Delivered> = (0..30).rev().map(|c| customer_end(c, time_of(c))).collect();
+    let mut first_with_copies = first.clone();
+    first_with_copies.extend((0..10).map(|c| customer_end(c, time_of(c))));
+    cluster.ingest_paced(&first_with_copies, 50, Duration::ZERO).await;
+
+    let stage = cluster.start_stage("normalize", 0, "");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while normalized_by_conversation(&cluster).await.len() < 30 {
+        assert!(Instant::now() < deadline, "the normalize stage did not normalize the first delivery");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop(stage);
+
+    // After the restart, copies of events from before it arrive with new
+    // ones.
+    let mut second: Vec<Delivered> = (20..40).map(|c| customer_end(c, time_of(c))).collect();
+    second.push(customer_end(3, time_of(3)));
+    cluster.ingest_paced(&second, 50, Duration::ZERO).await;
+    let stage = cluster.start_stage("normalize", 1, "");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while normalized_by_conversation(&cluster).await.len() < 40 {
+        assert!(Instant::now() < deadline, "the normalize stage did not normalize the second delivery");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Give a copy that slipped through time to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop(stage);
+
+    let events = normalized_by_conversation(&cluster).await;
+    let expected: Vec<(String, i64)> = {
+        let mut all: Vec<(String, i64)> = (0..40).map(|c| (format!("conv-{c}"), time_of(c))).collect();
+        all.sort();
+        all
+    };
+    assert_eq!(events, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Kafka: run scripts/test.sh"]
 async fn topology_apply_is_idempotent_and_reports_drift() {
