@@ -29,6 +29,22 @@ fn normalize_prints_one_event_per_line() {
 }
 
 #[test]
+fn normalize_drops_repeated_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("twice.jsonl");
+    let line = std::fs::read_to_string(fixture("genesys/eventbridge-detail-customer-end-voice.json"))
+        .unwrap()
+        .replace('\n', "");
+    std::fs::write(&input, format!("{line}\n{line}\n")).unwrap();
+    let output = blameless(&["normalize", "--input", input.to_str().unwrap()], None);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8(output.stdout).unwrap().lines().count(), 1);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("twice.jsonl:2: duplicate of event"), "{stderr}");
+    assert!(stderr.contains("1 duplicates dropped"), "{stderr}");
+}
+
+#[test]
 fn normalize_reports_rejects_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bad.jsonl");
