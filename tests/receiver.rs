@@ -1,7 +1,7 @@
 //! `blameless source http` as a process on a real Apache Kafka broker: a
 //! signed webhook gets a 202 response and its bytes are on `raw-events`.
-//! `scripts/test.sh` starts the broker and sets BLAMELESS_TEST_BROKERS; this
-//! test is ignored by a plain `cargo test`.
+//! `scripts/test.sh` starts the broker and sets BLAMELESS_TEST_BROKERS; that
+//! test is ignored by a plain `cargo test`, and the start checks are not.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -42,6 +42,23 @@ impl Drop for ReceiverProcess {
     }
 }
 
+/// Returns the end offset of a partition. Right after the topic was created,
+/// a partition can still be without a leader for a moment, so a failed
+/// request is repeated for up to 30 seconds.
+fn end_offset(consumer: &BaseConsumer, topic: &str, partition: i32) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Ok((_, high)) => return high,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("end offset of {topic}/{partition} not available yet: {error}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => panic!("could not read the end offset of {topic}/{partition}: {error}"),
+        }
+    }
+}
+
 /// Reads every record of `topic` and decodes the raw events.
 async fn read_raw_events(kafka: &KafkaConfig, topic: &str, group: &str) -> Vec<RawEvent> {
     let consumer: BaseConsumer = client_config(kafka)
@@ -56,7 +73,7 @@ async fn read_raw_events(kafka: &KafkaConfig, topic: &str, group: &str) -> Vec<R
     let mut ends = Vec::new();
     for partition in 0..partitions {
         list.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
+        let high = end_offset(&consumer, topic, partition);
         remaining += high;
         ends.push(high);
     }
@@ -74,10 +91,61 @@ async fn read_raw_events(kafka: &KafkaConfig, topic: &str, group: &str) -> Vec<R
         remaining -= 1;
         match decode_record(&codec, RecordKind::Raw, message.payload().unwrap_or_default()).await.unwrap() {
             Record::Raw(raw) => events.push(raw),
-            other => panic!("{topic} holds {other:?}"),
+            other => panic!("{topic} contains an unexpected record: {other:?}"),
         }
     }
     events
+}
+
+/// Runs `blameless source http` with the given environment, which must make
+/// it fail before it reaches Kafka, and returns its standard error.
+fn failed_start(variables: &[(&str, &str)]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+    command.args(["source", "http"]).env_remove("BLAMELESS_CONFIG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BLAMELESS__") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .envs(variables.iter().copied())
+        .env("BLAMELESS__KAFKA__BROKERS", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn start_without_credentials_fails() {
+    let stderr = failed_start(&[]);
+
+    assert!(stderr.contains("the HTTP receiver has no credentials"), "{stderr}");
+    assert!(stderr.contains("sources.http.secrets"), "{stderr}");
+    assert!(stderr.contains("allow_unauthenticated = true"), "{stderr}");
+}
+
+#[test]
+fn start_with_short_secret_fails() {
+    let stderr = failed_start(&[("BLAMELESS__SOURCES__HTTP__SECRETS", "[\"short-secret\"]")]);
+
+    assert!(stderr.contains("sources.http.secrets[0] is 12 characters long"), "{stderr}");
+    assert!(!stderr.contains("short-secret"), "{stderr}");
+}
+
+#[test]
+fn start_on_port_in_use_fails() {
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = occupied.local_addr().unwrap().to_string();
+    let secrets = format!("[\"{SECRET}\"]");
+
+    let stderr = failed_start(&[
+        ("BLAMELESS__SOURCES__HTTP__ADDRESS", &address),
+        ("BLAMELESS__SOURCES__HTTP__SECRETS", &secrets),
+    ]);
+
+    assert!(stderr.contains(&format!("could not listen on sources.http.address \"{address}\"")), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

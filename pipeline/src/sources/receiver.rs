@@ -347,9 +347,6 @@ impl Rejection {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert("www-authenticate", HeaderValue::from_static("HMAC-SHA256"));
-        }
         response
     }
 }
@@ -572,12 +569,12 @@ impl Receiver {
     fn describe_missing_credentials(&self) -> String {
         let mut accepted = Vec::new();
         if !self.credentials.signing_keys.is_empty() {
-            accepted.push(format!("a {} header (sha256=<hex HMAC-SHA-256 of the body>)", self.signature_header));
+            accepted.push(format!("the {} header (sha256=<hex HMAC-SHA-256 of the body>)", self.signature_header));
         }
         if !self.credentials.token_digests.is_empty() {
-            accepted.push(format!("a {} header with the shared token", self.token_header));
+            accepted.push(format!("the {} header with the shared token", self.token_header));
             if let Some(name) = &self.token_query_parameter {
-                accepted.push(format!("a {name} query parameter with the shared token"));
+                accepted.push(format!("the {name} query parameter with the shared token"));
             }
         }
         format!("the request carries no credential; send {}", accepted.join(" or "))
@@ -652,12 +649,12 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Rejection> {
     } else if media_type == "application/x-ndjson" {
         Ok(BodyFormat::JsonLines)
     } else {
-        let shown: String = text.chars().take(ECHO_CHARS).collect();
+        let excerpt: String = text.chars().take(ECHO_CHARS).collect();
         Err(Rejection::invalid(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!(
-                "Content-Type {shown:?} is not accepted; send application/json (one event, or an array of events) or application/x-ndjson (one event per line)"
+                "Content-Type {excerpt:?} is not accepted; send application/json (one event, or an array of events) or application/x-ndjson (one event per line)"
             ),
         ))
     }
@@ -773,7 +770,7 @@ async fn unknown_path(State(receiver): State<Arc<Receiver>>, Extension(RequestId
     .into_response(&request_id)
 }
 
-/// Gives each request its id, and answers 503 when the request does not
+/// Gives each request its id, and responds 503 when the request does not
 /// finish within `sources.http.request_timeout_secs`.
 async fn limit_time(State(receiver): State<Arc<Receiver>>, mut request: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -951,22 +948,22 @@ mod tests {
         post(body, &[(DEFAULT_SIGNATURE_HEADER, &sign(secret, body))])
     }
 
-    struct Answer {
+    struct ResponseParts {
         status: StatusCode,
         headers: HeaderMap,
         body: Value,
     }
 
-    async fn answer(response: Response) -> Answer {
+    async fn read_response(response: Response) -> ResponseParts {
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Answer { status, headers, body }
+        ResponseParts { status, headers, body }
     }
 
-    async fn call(router: &Router, request: Request) -> Answer {
-        answer(router.clone().oneshot(request).await.unwrap()).await
+    async fn call(router: &Router, request: Request) -> ResponseParts {
+        read_response(router.clone().oneshot(request).await.unwrap()).await
     }
 
     async fn raw_events(log: &MemoryLog) -> Vec<RawEvent> {
@@ -990,11 +987,11 @@ mod tests {
         let harness = harness(signing(&[SECRET]));
         let body = fixture("genesys/eventbridge-detail-customer-end-voice.json");
 
-        let answer = call(&harness.router, signed(SECRET, &body)).await;
+        let reply = call(&harness.router, signed(SECRET, &body)).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-        assert_eq!(answer.body["accepted"], 1);
-        assert!(answer.body["request_id"].is_string());
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(reply.body["accepted"], 1);
+        assert!(reply.body["request_id"].is_string());
         let events = raw_events(&harness.log).await;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].payload, body.trim_ascii());
@@ -1016,8 +1013,8 @@ mod tests {
         for path in &paths {
             let harness = harness(signing(&[SECRET]));
             let body = fixture(path);
-            let answer = call(&harness.router, signed(SECRET, &body)).await;
-            assert_eq!(answer.status, StatusCode::ACCEPTED, "{path}: {}", answer.body);
+            let reply = call(&harness.router, signed(SECRET, &body)).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{path}: {}", reply.body);
 
             let events = raw_events(&harness.log).await;
             assert_eq!(events.len(), 1, "{path}");
@@ -1032,10 +1029,10 @@ mod tests {
     async fn received_at_is_recorded() {
         let harness = harness(signing(&[SECRET]));
         let before = chrono::Utc::now().timestamp_millis();
-        let answer = call(&harness.router, signed(SECRET, br#"{"check_id":1,"current_state":"DOWN"}"#)).await;
+        let reply = call(&harness.router, signed(SECRET, br#"{"check_id":1,"current_state":"DOWN"}"#)).await;
         let after = chrono::Utc::now().timestamp_millis();
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        assert_eq!(reply.status, StatusCode::ACCEPTED);
         let received_at = raw_events(&harness.log).await[0].received_at_ms;
         assert!(received_at >= before - 1, "{received_at} is before {before}");
         assert!(received_at <= after, "{received_at} is after {after}");
@@ -1047,11 +1044,11 @@ mod tests {
         let body = br#"{"check_id":1,"current_state":"DOWN"}"#;
         let request = post(body, &[(DEFAULT_SIGNATURE_HEADER, &sign("another-secret-0123456789", body))]);
 
-        let answer = call(&harness.router, request).await;
+        let reply = call(&harness.router, request).await;
 
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(answer.body["error"], "signature_mismatch");
-        assert!(!answer.body.to_string().contains(SECRET), "{}", answer.body);
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body["error"], "signature_mismatch");
+        assert!(!reply.body.to_string().contains(SECRET), "{}", reply.body);
         assert!(raw_events(&harness.log).await.is_empty());
         assert_eq!(requests_counted(&harness.metrics, "unauthenticated"), 1);
         assert_eq!(requests_counted(&harness.metrics, "accepted"), 0);
@@ -1063,21 +1060,21 @@ mod tests {
         let signature = sign(SECRET, br#"{"check_id":1,"current_state":"UP"}"#);
         let request = post(br#"{"check_id":1,"current_state":"DOWN"}"#, &[(DEFAULT_SIGNATURE_HEADER, &signature)]);
 
-        let answer = call(&harness.router, request).await;
+        let reply = call(&harness.router, request).await;
 
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(answer.body["error"], "signature_mismatch");
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body["error"], "signature_mismatch");
     }
 
     #[tokio::test]
     async fn missing_signature_is_unauthorized() {
         let harness = harness(signing(&[SECRET]));
 
-        let answer = call(&harness.router, post(b"{}", &[])).await;
+        let reply = call(&harness.router, post(b"{}", &[])).await;
 
-        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-        assert_eq!(answer.body["error"], "missing_credentials");
-        let message = answer.body["message"].as_str().unwrap();
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body["error"], "missing_credentials");
+        let message = reply.body["message"].as_str().unwrap();
         assert!(message.contains(DEFAULT_SIGNATURE_HEADER), "{message}");
         assert!(raw_events(&harness.log).await.is_empty());
     }
@@ -1094,10 +1091,10 @@ mod tests {
             (&valid_hex[..40], "64 hex digits"),
         ];
         for (value, expected) in cases {
-            let answer = call(&harness.router, post(body, &[(DEFAULT_SIGNATURE_HEADER, value)])).await;
-            assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{value}");
-            assert_eq!(answer.body["error"], "malformed_signature", "{value}");
-            let message = answer.body["message"].as_str().unwrap();
+            let reply = call(&harness.router, post(body, &[(DEFAULT_SIGNATURE_HEADER, value)])).await;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{value}");
+            assert_eq!(reply.body["error"], "malformed_signature", "{value}");
+            let message = reply.body["message"].as_str().unwrap();
             assert!(message.contains(expected), "{value}: {message}");
         }
     }
@@ -1108,8 +1105,8 @@ mod tests {
         let body = br#"{"check_id":1,"current_state":"DOWN"}"#;
         let bare = sign(SECRET, body).trim_start_matches("sha256=").to_string();
         for value in [bare.clone(), bare.to_uppercase(), format!("SHA256={bare}")] {
-            let answer = call(&harness.router, post(body, &[(DEFAULT_SIGNATURE_HEADER, &value)])).await;
-            assert_eq!(answer.status, StatusCode::ACCEPTED, "{value}: {}", answer.body);
+            let reply = call(&harness.router, post(body, &[(DEFAULT_SIGNATURE_HEADER, &value)])).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{value}: {}", reply.body);
         }
         assert_eq!(raw_events(&harness.log).await.len(), 3);
     }
@@ -1120,8 +1117,8 @@ mod tests {
         let body = br#"{"check_id":1,"current_state":"DOWN"}"#;
 
         for secret in [SECRET, NEXT_SECRET] {
-            let answer = call(&harness.router, signed(secret, body)).await;
-            assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+            let reply = call(&harness.router, signed(secret, body)).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
         }
         let retired = call(&harness.router, signed("retired-signing-secret-000000", body)).await;
 
@@ -1204,9 +1201,9 @@ mod tests {
             ..ReceiverConfig::default()
         });
 
-        let answer = call(&harness.router, post(b"{\"n\":1}", &[])).await;
+        let reply = call(&harness.router, post(b"{\"n\":1}", &[])).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
         assert_eq!(raw_events(&harness.log).await.len(), 1);
     }
 
@@ -1218,11 +1215,11 @@ mod tests {
         });
         let body = format!("{{\"padding\":\"{}\"}}", "x".repeat(100));
 
-        let answer = call(&harness.router, signed(SECRET, body.as_bytes())).await;
+        let reply = call(&harness.router, signed(SECRET, body.as_bytes())).await;
 
-        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(answer.body["error"], "payload_too_large");
-        let message = answer.body["message"].as_str().unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(reply.body["error"], "payload_too_large");
+        let message = reply.body["message"].as_str().unwrap();
         assert!(message.contains("64 bytes"), "{message}");
         assert!(message.contains("sources.http.max_body_bytes"), "{message}");
         assert!(raw_events(&harness.log).await.is_empty());
@@ -1247,10 +1244,10 @@ mod tests {
         );
         let body = format!("[{{\"n\":1}},{{\"padding\":\"{}\"}}]", "x".repeat(300));
 
-        let answer = call(&harness.router, signed(SECRET, body.as_bytes())).await;
+        let reply = call(&harness.router, signed(SECRET, body.as_bytes())).await;
 
-        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let message = answer.body["message"].as_str().unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let message = reply.body["message"].as_str().unwrap();
         assert!(message.contains("ingest.max_payload_bytes"), "{message}");
         assert!(message.contains("event 2"), "{message}");
         assert!(raw_events(&harness.log).await.is_empty());
@@ -1266,10 +1263,10 @@ mod tests {
         let harness = harness_with(signing(&[SECRET]), sink, log, &config);
         let body = format!("{{\"padding\":\"{}\"}}", "x".repeat(200));
 
-        let answer = call(&harness.router, signed(SECRET, body.as_bytes())).await;
+        let reply = call(&harness.router, signed(SECRET, body.as_bytes())).await;
 
-        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let message = answer.body["message"].as_str().unwrap();
+        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let message = reply.body["message"].as_str().unwrap();
         assert!(message.contains("limit of 100 bytes"), "{message}");
         assert!(message.contains("defaults to ingest.max_payload_bytes"), "{message}");
     }
@@ -1279,10 +1276,10 @@ mod tests {
         let harness = harness(signing(&[SECRET]));
         for method in [Method::GET, Method::PUT, Method::DELETE] {
             let request = Request::builder().method(method.clone()).uri(EVENTS_PATH).body(Body::empty()).unwrap();
-            let answer = call(&harness.router, request).await;
-            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
-            assert_eq!(answer.headers[ALLOW], "POST", "{method}");
-            assert_eq!(answer.body["error"], "method_not_allowed", "{method}");
+            let reply = call(&harness.router, request).await;
+            assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+            assert_eq!(reply.headers[ALLOW], "POST", "{method}");
+            assert_eq!(reply.body["error"], "method_not_allowed", "{method}");
         }
     }
 
@@ -1298,9 +1295,9 @@ mod tests {
                 .header(DEFAULT_SIGNATURE_HEADER, sign(SECRET, body))
                 .body(Body::from(body.to_vec()))
                 .unwrap();
-            let answer = call(&harness.router, request).await;
-            assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
-            assert!(answer.body["message"].as_str().unwrap().contains(content_type), "{}", answer.body);
+            let reply = call(&harness.router, request).await;
+            assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
+            assert!(reply.body["message"].as_str().unwrap().contains(content_type), "{}", reply.body);
         }
         assert!(raw_events(&harness.log).await.is_empty());
     }
@@ -1317,8 +1314,8 @@ mod tests {
             if let Some(content_type) = content_type {
                 builder = builder.header(CONTENT_TYPE, content_type);
             }
-            let answer = call(&harness.router, builder.body(Body::from(body.to_vec())).unwrap()).await;
-            assert_eq!(answer.status, StatusCode::ACCEPTED, "{content_type:?}: {}", answer.body);
+            let reply = call(&harness.router, builder.body(Body::from(body.to_vec())).unwrap()).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{content_type:?}: {}", reply.body);
         }
     }
 
@@ -1327,10 +1324,10 @@ mod tests {
         let harness = harness(signing(&[SECRET]));
         let body = b"[ {\"check_id\": 1, \"current_state\":\"DOWN\"},\n{\"check_id\":2,\"current_state\":\"UP\"} ]";
 
-        let answer = call(&harness.router, signed(SECRET, body)).await;
+        let reply = call(&harness.router, signed(SECRET, body)).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-        assert_eq!(answer.body["accepted"], 2);
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(reply.body["accepted"], 2);
         let mut payloads: Vec<Vec<u8>> = raw_events(&harness.log).await.into_iter().map(|raw| raw.payload).collect();
         payloads.sort();
         assert_eq!(
@@ -1354,10 +1351,10 @@ mod tests {
             .body(Body::from(body.to_vec()))
             .unwrap();
 
-        let answer = call(&harness.router, request).await;
+        let reply = call(&harness.router, request).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-        assert_eq!(answer.body["accepted"], 2);
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(reply.body["accepted"], 2);
         assert_eq!(raw_events(&harness.log).await.len(), 2);
     }
 
@@ -1366,11 +1363,11 @@ mod tests {
         let harness = harness(signing(&[SECRET]));
         let body = b"{\"check_id\": 1, \"current_st";
 
-        let answer = call(&harness.router, signed(SECRET, body)).await;
+        let reply = call(&harness.router, signed(SECRET, body)).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
-        assert_eq!(answer.body["not_json"], 1);
-        assert!(answer.body["warning"].as_str().unwrap().contains("dead-letter"));
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+        assert_eq!(reply.body["not_json"], 1);
+        assert!(reply.body["warning"].as_str().unwrap().contains("dead-letter"));
         let events = raw_events(&harness.log).await;
         assert_eq!(events[0].payload, body);
         let reason = crate::sources::normalize(&events[0]).unwrap_err();
@@ -1381,9 +1378,9 @@ mod tests {
     async fn empty_bodies_are_bad_requests() {
         let harness = harness(signing(&[SECRET]));
         for body in [&b""[..], b"  \n", b"[]"] {
-            let answer = call(&harness.router, signed(SECRET, body)).await;
-            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body:?}");
-            assert_eq!(answer.body["error"], "empty_body", "{body:?}");
+            let reply = call(&harness.router, signed(SECRET, body)).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body:?}");
+            assert_eq!(reply.body["error"], "empty_body", "{body:?}");
         }
         assert!(raw_events(&harness.log).await.is_empty());
     }
@@ -1393,21 +1390,21 @@ mod tests {
         let harness = harness(signing(&[SECRET]));
         let request = Request::builder().method(Method::POST).uri("/v2/events").body(Body::from("{}")).unwrap();
 
-        let answer = call(&harness.router, request).await;
+        let reply = call(&harness.router, request).await;
 
-        assert_eq!(answer.status, StatusCode::NOT_FOUND);
-        assert!(answer.body["message"].as_str().unwrap().contains(EVENTS_PATH));
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert!(reply.body["message"].as_str().unwrap().contains(EVENTS_PATH));
     }
 
     #[tokio::test]
-    async fn health_answers_ok() {
+    async fn health_returns_ok() {
         let harness = harness(signing(&[SECRET]));
         let request = Request::builder().uri("/health").body(Body::empty()).unwrap();
 
-        let answer = call(&harness.router, request).await;
+        let reply = call(&harness.router, request).await;
 
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.body, Value::String("ok\n".into()));
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, Value::String("ok\n".into()));
     }
 
     /// A sink whose sends always fail, as with an unreachable broker.
@@ -1424,16 +1421,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn publish_failure_asks_for_retry() {
+    async fn publish_failure_requests_retry() {
         let log = new_log();
         let harness = harness_with(signing(&[SECRET]), Arc::new(FailingSink), log, &Config::default());
 
-        let answer = call(&harness.router, signed(SECRET, b"{\"n\":1}")).await;
+        let reply = call(&harness.router, signed(SECRET, b"{\"n\":1}")).await;
 
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(answer.headers[RETRY_AFTER], RETRY_AFTER_SECS.to_string());
-        assert_eq!(answer.body["error"], "publish_failed");
-        assert!(answer.body.get("accepted").is_none(), "{}", answer.body);
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.headers[RETRY_AFTER], RETRY_AFTER_SECS.to_string());
+        assert_eq!(reply.body["error"], "publish_failed");
+        assert!(reply.body.get("accepted").is_none(), "{}", reply.body);
         assert_eq!(requests_counted(&harness.metrics, "failed"), 1);
         assert_eq!(requests_counted(&harness.metrics, "accepted"), 0);
         let rendered = harness.metrics.render();
@@ -1497,9 +1494,9 @@ mod tests {
         assert_eq!(requests_counted(&harness.metrics, "accepted"), 0);
 
         release.send(()).unwrap();
-        let answer = answer(response.await.unwrap()).await;
+        let reply = read_response(response.await.unwrap()).await;
 
-        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
         assert_eq!(raw_events(&harness.log).await.len(), 1);
         assert_eq!(requests_counted(&harness.metrics, "accepted"), 1);
     }
@@ -1514,12 +1511,12 @@ mod tests {
         };
         let harness = harness_with(settings, sink, log, &Config::default());
 
-        let answer = call(&harness.router, signed(SECRET, b"{\"n\":1}")).await;
+        let reply = call(&harness.router, signed(SECRET, b"{\"n\":1}")).await;
 
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(answer.headers[RETRY_AFTER], RETRY_AFTER_SECS.to_string());
-        assert_eq!(answer.body["error"], "timed_out");
-        assert!(answer.body["message"].as_str().unwrap().contains("sources.http.request_timeout_secs"));
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reply.headers[RETRY_AFTER], RETRY_AFTER_SECS.to_string());
+        assert_eq!(reply.body["error"], "timed_out");
+        assert!(reply.body["message"].as_str().unwrap().contains("sources.http.request_timeout_secs"));
         assert!(raw_events(&harness.log).await.is_empty());
         assert_eq!(requests_counted(&harness.metrics, "timed_out"), 1);
         assert_eq!(requests_counted(&harness.metrics, "accepted"), 0);
@@ -1619,7 +1616,7 @@ mod tests {
     }
 
     #[test]
-    fn no_credentials_is_refused_at_start() {
+    fn no_credentials_rejected_at_start() {
         let error = ReceiverConfig::default().credentials().err().unwrap().to_string();
         assert!(error.contains("sources.http.secrets"), "{error}");
         assert!(error.contains("allow_unauthenticated = true"), "{error}");
