@@ -11,6 +11,7 @@ pub const RECORDS_OUT: &str = "blameless_records_out_total";
 pub const DEAD_LETTERS: &str = "blameless_dead_letters_total";
 pub const PROCESSING_SECONDS: &str = "blameless_batch_processing_seconds";
 pub const CONSUMER_LAG: &str = "blameless_consumer_lag_records";
+pub const HTTP_REQUESTS: &str = "blameless_http_requests_total";
 
 /// Every metric of a process, labelled by stage.
 #[derive(Clone)]
@@ -21,6 +22,7 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     processing_seconds: HistogramVec,
     consumer_lag: IntGaugeVec,
+    http_requests: IntCounterVec,
 }
 
 /// The metrics of one stage.
@@ -72,6 +74,12 @@ impl Metrics {
         )
         .expect("valid gauge");
         registry.register(Box::new(consumer_lag.clone())).expect("unique gauge");
+        let http_requests = IntCounterVec::new(
+            Opts::new(HTTP_REQUESTS, "Requests the HTTP receiver answered, by outcome."),
+            &["outcome"],
+        )
+        .expect("valid counter");
+        registry.register(Box::new(http_requests.clone())).expect("unique counter");
         Metrics {
             registry,
             records_in,
@@ -79,6 +87,7 @@ impl Metrics {
             dead_letters,
             processing_seconds,
             consumer_lag,
+            http_requests,
         }
     }
 
@@ -93,6 +102,12 @@ impl Metrics {
                 gauge: self.consumer_lag.clone(),
             },
         }
+    }
+
+    /// Returns the counter of HTTP receiver requests with `outcome`, such as
+    /// `accepted` or `unauthenticated`.
+    pub fn http_requests(&self, outcome: &str) -> IntCounter {
+        self.http_requests.with_label_values(&[outcome])
     }
 
     /// Renders every metric in the Prometheus text format.
