@@ -165,15 +165,45 @@ impl CursorStore for KafkaCursorStore {
     }
 }
 
+fn kafka_error(operation: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> TransportError {
+    move |e| TransportError::Kafka {
+        operation,
+        reason: e.to_string(),
+    }
+}
+
+/// Returns the end offset of each partition of `topic` that holds records.
+fn end_offsets(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, i64>, TransportError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka_error("cursor topic metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(TransportError::Kafka {
+            operation: "read cursors",
+            reason: format!("topic {topic} does not exist; create it with `blameless topology apply`"),
+        });
+    }
+    let mut ends = BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(kafka_error("cursor topic watermarks"))?;
+        if high > low {
+            ends.insert(partition, high);
+        }
+    }
+    Ok(ends)
+}
+
 /// Reads every record of `topic` from the beginning to the end offsets
 /// found at the start, as (partition, offset, payload) in partition order.
 fn read_topic_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<CursorRecord>, TransportError> {
-    let kafka_error = |operation: &'static str| {
-        move |e: rdkafka::error::KafkaError| TransportError::Kafka {
-            operation,
-            reason: e.to_string(),
-        }
-    };
     // The group id is required by librdkafka but unused: partitions are
     // assigned, not subscribed, and nothing is committed.
     let consumer: BaseConsumer = client_config(kafka)
@@ -183,34 +213,24 @@ fn read_topic_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<CursorRecor
         .set("isolation.level", "read_committed")
         .create()
         .map_err(kafka_error("cursor consumer create"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka_error("cursor topic metadata"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(TransportError::Kafka {
-            operation: "read cursors",
-            reason: format!("topic {topic} does not exist; create it with `blameless topology apply`"),
-        });
-    }
-
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map_err(kafka_error("cursor topic watermarks"))?;
-        if high > low {
-            ends.insert(partition, high);
-            assignment
-                .add_partition_offset(topic, partition, Offset::Beginning)
-                .map_err(kafka_error("cursor topic assign"))?;
+    // A topic created moments ago may have no partition leader yet, so the
+    // end offsets are retried until the deadline.
+    let deadline = Instant::now() + KAFKA_READ_TIMEOUT;
+    let mut ends = loop {
+        match end_offsets(&consumer, topic) {
+            Ok(ends) => break ends,
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(topic, error = %error, "Cursor topic end offsets not available yet; retrying.");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error),
         }
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in ends.keys() {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(kafka_error("cursor topic assign"))?;
     }
     let mut records = Vec::new();
     if ends.is_empty() {
@@ -218,7 +238,6 @@ fn read_topic_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<CursorRecor
     }
     consumer.assign(&assignment).map_err(kafka_error("cursor topic assign"))?;
 
-    let deadline = Instant::now() + KAFKA_READ_TIMEOUT;
     while !ends.is_empty() {
         if Instant::now() > deadline {
             return Err(TransportError::Kafka {
