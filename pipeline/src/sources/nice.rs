@@ -1,5 +1,5 @@
 //! NICE CXone reporting API responses. A skill summary
-//! (`GET /reporting/v1/skills/summary`) becomes one event per skill:
+//! (`GET /skills/summary`) becomes one event per skill:
 //! `service_level_failure` when the skill's service level is below its goal,
 //! `service_level_ok` otherwise, each counting the interval's contacts so the
 //! postmortem gate can weigh the failures.
@@ -62,7 +62,7 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
     Ok(events)
 }
 
-/// What the poller recorded to compare available agents with: the previous
+/// The comparison the poller recorded for available agents: the previous
 /// interval's counts per skill id, and the share of agents whose loss is a
 /// drop.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,7 +28,7 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     pub initial_delay: Duration,
     pub max_delay: Duration,
-    /// Longest Retry-After that is waited; a longer one is cut to this.
+    /// Maximum Retry-After that is waited. A longer one is cut to this.
     pub max_retry_after: Duration,
 }
 
@@ -36,7 +36,7 @@ pub struct RetryPolicy {
 pub enum FetchError {
     #[error("CXone token request for business unit {business_unit} failed: {reason}")]
     Token { business_unit: String, reason: String },
-    #[error("CXone request GET {url} for business unit {business_unit} failed: {reason}")]
+    #[error("CXone request to {url} for business unit {business_unit} failed: {reason}")]
     Request {
         business_unit: String,
         url: String,
@@ -78,7 +78,7 @@ pub struct CxoneClient {
     token: Option<Token>,
 }
 
-/// What a request returned after its retries.
+/// The outcome of a request after its retries.
 enum Reply {
     Json(Value),
     NoContent,
@@ -293,7 +293,10 @@ impl CxoneClient {
                     .form(form)
             })
             .await
-            .map_err(|e| token_error(e.to_string()))?;
+            .map_err(|error| match error {
+                FetchError::Request { reason, .. } | FetchError::Token { reason, .. } => token_error(reason),
+            })?;
+
         let status = response.status();
         if !status.is_success() {
             let body = error_body(response).await;
@@ -305,6 +308,7 @@ impl CxoneClient {
             .json()
             .await
             .map_err(|e| token_error(format!("the token response is not valid JSON ({e})")))?;
+
         let access = body
             .get("access_token")
             .and_then(Value::as_str)
@@ -318,6 +322,7 @@ impl CxoneClient {
             .and_then(Value::as_str)
             .filter(|token| !token.is_empty())
             .map(Secret::new);
+
         tracing::info!(
             source = "nice",
             business_unit = %self.business_unit,

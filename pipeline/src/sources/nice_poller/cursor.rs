@@ -124,9 +124,9 @@ impl CursorStore for MemoryCursorStore {
 const KAFKA_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Cursors on a compacted Kafka topic. Writes go through the idempotent
-/// producer (`acks=all`); reads assign every partition of the topic from its
-/// beginning, with no consumer group commits, and stop at the end offsets
-/// taken when the read started.
+/// producer (`acks=all`). Reads assign every partition of the topic from its
+/// beginning, commit nothing, and stop at the end offsets taken when the
+/// read started.
 pub struct KafkaCursorStore {
     kafka: KafkaConfig,
     sink: Arc<dyn RecordSink>,
@@ -172,7 +172,7 @@ fn kafka_error(operation: &'static str) -> impl Fn(rdkafka::error::KafkaError) -
     }
 }
 
-/// Returns the end offset of each partition of `topic` that holds records.
+/// Returns the end offset of each partition of `topic` that has records.
 fn end_offsets(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, i64>, TransportError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -257,7 +257,7 @@ fn read_topic_to_end(kafka: &KafkaConfig, topic: &str) -> Result<Vec<CursorRecor
                     ends.remove(&partition);
                 }
             }
-            // The end offset can lie past the last record a consumer sees,
+            // The end offset can lie past the last record a consumer receives,
             // after a transaction marker, so an idle partition whose
             // position reached the end is done too.
             None => {

@@ -51,8 +51,8 @@ pub struct NicePollerConfig {
     /// Length of a polled interval and time between polls, in seconds.
     /// Default 60.
     pub poll_interval_secs: u64,
-    /// Most missed intervals a business unit catches up after a pause;
-    /// older ones are skipped with a warning. Default 60.
+    /// Maximum number of missed intervals a business unit catches up after
+    /// a pause. Older ones are skipped with a warning. Default 60.
     pub max_catch_up_intervals: u32,
     /// Share of a skill's available agents whose loss against the previous
     /// interval is an `agent_availability_drop`, from 0.0 up to but not
@@ -68,12 +68,13 @@ pub struct NicePollerConfig {
     pub retry_initial_delay_ms: u64,
     /// Largest retry delay before jitter, in milliseconds. Default 30000.
     pub retry_max_delay_ms: u64,
-    /// Longest Retry-After of a 429 that is waited, in seconds; a longer one
-    /// is cut to this. Default 120.
+    /// Maximum Retry-After of a 429 that is waited, in seconds. A longer
+    /// one is cut to this. Default 120.
     pub max_retry_after_secs: u64,
     /// A token is renewed this many seconds before it expires. Default 60.
     pub token_refresh_margin_secs: u64,
-    /// Most pages followed through `_links.next` for one response.
+    /// Maximum number of pages followed through `_links.next` for one
+    /// response.
     /// Default 100.
     pub max_pages: u32,
 }
@@ -224,7 +225,7 @@ impl NicePollerConfig {
         Ok(())
     }
 
-    /// The retry schedule of HTTP requests.
+    /// Returns the retry schedule of HTTP requests.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_retries: self.max_retries,

@@ -27,7 +27,7 @@ pub const NICE_SOURCE: &str = "nice";
 /// Delivery path written to the capture record.
 pub const NICE_DELIVERY: &str = "nice_reporting_poll";
 
-/// Time as the poller sees it: injected, so tests move it without waiting.
+/// The poller's source of time, injected so tests move it without waiting.
 #[async_trait]
 pub trait Clock: Send + Sync {
     /// Returns the time in UTC milliseconds.
@@ -51,7 +51,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock for tests: it stands still until set or advanced, and a sleep
+/// A clock for tests. It moves only when set or advanced, and a sleep
 /// advances it by the duration at once and records the duration.
 pub struct ManualClock {
     now_ms: Mutex<i64>,
@@ -119,7 +119,7 @@ struct BusinessUnit {
     last_counts: Option<BTreeMap<String, f64>>,
 }
 
-/// Why one interval was not published.
+/// The failure that kept one interval from being published.
 enum IntervalError {
     /// CXone failed after the retries: the interval is tried again on the
     /// next poll.

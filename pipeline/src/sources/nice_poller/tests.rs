@@ -164,7 +164,7 @@ fn payload(raw: &RawEvent) -> Value {
     serde_json::from_slice(&raw.payload).unwrap()
 }
 
-/// The interval ends from `first` on, one minute apart.
+/// Lists `count` interval ends from `first` on, one minute apart.
 fn consecutive_minutes(first: i64, count: i64) -> Vec<i64> {
     (0..count).map(|i| first + i * 60_000).collect()
 }
