@@ -69,6 +69,7 @@ fn raw_event() -> RawEvent {
         interval_start_ms: None,
         interval_end_ms: None,
         payload: b"{}".to_vec(),
+        capture_json: None,
     }
 }
 

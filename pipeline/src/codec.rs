@@ -110,6 +110,7 @@ impl Codec {
             Record::Incident(r) => self.to_resolved_value(kind, r),
             Record::Ticket(r) => self.to_resolved_value(kind, r),
             Record::DeadLetter(r) => self.to_resolved_value(kind, r),
+            Record::Cursor(r) => self.to_resolved_value(kind, r),
         }?;
         match &self.registry {
             None => {
@@ -205,6 +206,7 @@ mod tests {
             interval_start_ms: None,
             interval_end_ms: Some(1_765_551_720_000),
             payload: b"{\"a\":1}".to_vec(),
+            capture_json: None,
         }
     }
 

@@ -16,6 +16,9 @@ pub struct RawEvent {
     pub interval_end_ms: Option<i64>,
     #[serde(with = "apache_avro::serde::bytes")]
     pub payload: Vec<u8>,
+    /// The capture record's `capture` object as JSON text, when the payload
+    /// came in one.
+    pub capture_json: Option<String>,
 }
 
 /// Status of a synthetic check of a dependency behind the contact center.
@@ -133,6 +136,19 @@ pub struct DeadLetter {
     pub payload_scrubbed: bool,
 }
 
+/// How far a polling source got. Topic: `source-cursors` (compacted),
+/// keyed by `<source>:<key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceCursor {
+    pub source: String,
+    pub key: String,
+    /// End (exclusive) of the last interval published to `raw-events`.
+    pub interval_end_ms: i64,
+    pub updated_at_ms: i64,
+    /// State the source resumes with, as a JSON object.
+    pub state_json: Option<String>,
+}
+
 /// Every record type, for code that handles any topic's records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -142,6 +158,7 @@ pub enum Record {
     Incident(IncidentEvent),
     Ticket(TicketRecord),
     DeadLetter(DeadLetter),
+    Cursor(SourceCursor),
 }
 
 /// The schema a record is written with, one per `.avsc` file.
@@ -153,16 +170,18 @@ pub enum RecordKind {
     Incident,
     Ticket,
     DeadLetter,
+    Cursor,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 6] = [
+    pub const ALL: [RecordKind; 7] = [
         RecordKind::Raw,
         RecordKind::Normalized,
         RecordKind::Masked,
         RecordKind::Incident,
         RecordKind::Ticket,
         RecordKind::DeadLetter,
+        RecordKind::Cursor,
     ];
 
     /// Returns the Avro schema text from `schemas/`.
@@ -174,6 +193,7 @@ impl RecordKind {
             RecordKind::Incident => include_str!("../../schemas/incident_event.avsc"),
             RecordKind::Ticket => include_str!("../../schemas/ticket_record.avsc"),
             RecordKind::DeadLetter => include_str!("../../schemas/dead_letter.avsc"),
+            RecordKind::Cursor => include_str!("../../schemas/source_cursor.avsc"),
         }
     }
 
@@ -186,6 +206,7 @@ impl RecordKind {
             RecordKind::Incident => "incident_event.avsc",
             RecordKind::Ticket => "ticket_record.avsc",
             RecordKind::DeadLetter => "dead_letter.avsc",
+            RecordKind::Cursor => "source_cursor.avsc",
         }
     }
 
@@ -203,6 +224,7 @@ impl Record {
             Record::Incident(_) => RecordKind::Incident,
             Record::Ticket(_) => RecordKind::Ticket,
             Record::DeadLetter(_) => RecordKind::DeadLetter,
+            Record::Cursor(_) => RecordKind::Cursor,
         }
     }
 }

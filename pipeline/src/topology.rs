@@ -10,6 +10,8 @@ pub const MASKED: &str = "masked";
 pub const WINDOWED_INCIDENTS: &str = "windowed-incidents";
 pub const TICKETS: &str = "tickets";
 pub const DEAD_LETTER: &str = "dead-letter";
+/// Compacted: the last polled interval of each polling source and key.
+pub const SOURCE_CURSORS: &str = "source-cursors";
 
 /// The topology shipped with this build.
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../../topology/topology.toml");
@@ -89,7 +91,7 @@ mod tests {
     #[test]
     fn shipped_topology_parses() {
         let topology = Topology::load_default();
-        for name in [RAW_EVENTS, NORMALIZED, MASKED, WINDOWED_INCIDENTS, TICKETS, DEAD_LETTER] {
+        for name in [RAW_EVENTS, NORMALIZED, MASKED, WINDOWED_INCIDENTS, TICKETS, DEAD_LETTER, SOURCE_CURSORS] {
             assert!(topology.topic(name).is_some(), "{name}");
         }
         for stage in ["ingest", "normalize", "mask", "window", "ticket", "archive"] {

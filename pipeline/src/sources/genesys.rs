@@ -542,6 +542,7 @@ mod tests {
             interval_start_ms: None,
             interval_end_ms: None,
             payload: payload.as_bytes().to_vec(),
+            capture_json: None,
         }
     }
 

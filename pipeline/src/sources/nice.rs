@@ -1,8 +1,15 @@
 //! NICE CXone reporting API responses. A skill summary
-//! (`GET /reporting/v1/skills/summary`) becomes one event per skill:
+//! (`GET /skills/summary`) becomes one event per skill:
 //! `service_level_failure` when the skill's service level is below its goal,
 //! `service_level_ok` otherwise, each counting the interval's contacts so the
 //! postmortem gate can weigh the failures.
+//!
+//! A skill also gets an `agent_availability_drop` event when its available
+//! agents fell by more than a share against the previous interval. The
+//! normalizer keeps no state, so the poller writes the previous interval's
+//! counts and the share into the capture record
+//! (`capture.previous_agents_available` and
+//! `capture.availability_drop_share`), and without both no drop is derived.
 //!
 //! The response carries no time of its own: event time is the end of the
 //! polled interval that the poller recorded on the raw event, or its receive
@@ -19,9 +26,17 @@ use crate::scrub::scrub_text;
 
 pub const PLATFORM: &str = "nice_cxone";
 
+/// Capture field with the previous interval's available agents per skill id.
+pub const PREVIOUS_AGENTS_AVAILABLE: &str = "previous_agents_available";
+/// Capture field with the share of available agents whose loss is a drop.
+pub const AVAILABILITY_DROP_SHARE: &str = "availability_drop_share";
+
 pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
     let Some(skills) = payload.get("skillSummaries") else {
-        return Err("NICE CXone agentStates responses are not handled; send the reporting skill summary (skillSummaries)".into());
+        return Err("NICE CXone agentStates responses are not normalized: they list agents one by one with their \
+                    names and phone numbers, and available agents per skill come from the skill summary's \
+                    agentsAvailable. Send the reporting skill summary (skillSummaries) instead"
+            .into());
     };
     let skills = skills
         .as_array()
@@ -32,12 +47,118 @@ pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>
     };
     let event_time_ms = check_event_time(time_ms, &time_ms.to_string())
         .map_err(|e| format!("NICE CXone raw event {time_field} is unusable as the event time: {e}"))?;
+    let drop_rule = AvailabilityDropRule::from_capture(raw.capture_json.as_deref())?;
 
     let mut events = Vec::with_capacity(skills.len());
     for (index, skill) in skills.iter().enumerate() {
-        events.push(skill_event(raw, skill, index, event_time_ms)?);
+        let event = skill_event(raw, skill, index, event_time_ms)?;
+        let drop = match &drop_rule {
+            Some(rule) => rule.drop_event(&event, skill)?,
+            None => None,
+        };
+        events.push(event);
+        events.extend(drop);
     }
     Ok(events)
+}
+
+/// The comparison the poller recorded for available agents: the previous
+/// interval's counts per skill id, and the share of agents whose loss is a
+/// drop.
+#[derive(Debug, Clone, PartialEq)]
+struct AvailabilityDropRule {
+    previous: BTreeMap<String, f64>,
+    share: f64,
+}
+
+impl AvailabilityDropRule {
+    /// Reads the rule from the capture record. Returns `None` when the
+    /// capture record lacks either field, as for a payload ingested from a
+    /// file, and an error when a field is present but invalid.
+    fn from_capture(capture_json: Option<&str>) -> Result<Option<AvailabilityDropRule>, String> {
+        let Some(text) = capture_json else {
+            return Ok(None);
+        };
+        let capture: Value = serde_json::from_str(text)
+            .map_err(|e| format!("NICE CXone capture record is not valid JSON ({e})"))?;
+        let (Some(previous), Some(share)) = (capture.get(PREVIOUS_AGENTS_AVAILABLE), capture.get(AVAILABILITY_DROP_SHARE)) else {
+            return Ok(None);
+        };
+        let share = share
+            .as_f64()
+            .filter(|share| (0.0..1.0).contains(share))
+            .ok_or_else(|| {
+                format!(
+                    "NICE CXone capture.{AVAILABILITY_DROP_SHARE} is {}, expected a number from 0.0 up to but not including 1.0 \
+                     (sources.nice.availability_drop_share)",
+                    scrub_text(&share.to_string())
+                )
+            })?;
+        let previous = previous.as_object().ok_or_else(|| {
+            format!("NICE CXone capture.{PREVIOUS_AGENTS_AVAILABLE} is not an object of skill ids to available agents")
+        })?;
+        let mut counts = BTreeMap::new();
+        for (skill_id, count) in previous {
+            let count = agent_count(count).ok_or_else(|| {
+                format!(
+                    "NICE CXone capture.{PREVIOUS_AGENTS_AVAILABLE} of skill {} is {}, expected a count of 0 or more",
+                    scrub_text(skill_id),
+                    scrub_text(&count.to_string())
+                )
+            })?;
+            counts.insert(skill_id.clone(), count);
+        }
+        Ok(Some(AvailabilityDropRule { previous: counts, share }))
+    }
+
+    /// Builds the `agent_availability_drop` event of a skill whose available
+    /// agents fell by more than the share of the previous count. A skill
+    /// without a previous count, or without `agentsAvailable` now, gets none.
+    fn drop_event(&self, skill_event: &NormalizedEvent, skill: &Value) -> Result<Option<NormalizedEvent>, String> {
+        let skill_id = &skill_event.attributes["skill_id"];
+        let Some(&previous) = self.previous.get(skill_id) else {
+            return Ok(None);
+        };
+        let Some(current) = skill.get("agentsAvailable") else {
+            return Ok(None);
+        };
+        let current = agent_count(current).ok_or_else(|| {
+            format!("NICE CXone skill {skill_id} agentsAvailable is not a count of 0 or more")
+        })?;
+        // Strictly more than the share: a drop of exactly the share is not one.
+        let lost = previous - current;
+        if previous <= 0.0 || lost <= self.share * previous {
+            return Ok(None);
+        }
+
+        let mut attributes = skill_event.attributes.clone();
+        attributes.insert("previous_agents_available".to_string(), previous.to_string());
+        attributes.insert("agents_available".to_string(), current.to_string());
+        attributes.insert("availability_drop_share".to_string(), format!("{:.4}", lost / previous));
+        attributes.insert("availability_drop_threshold".to_string(), self.share.to_string());
+        let event_time = skill_event.event_time_ms.to_string();
+        Ok(Some(NormalizedEvent {
+            event_id: derive_id(&[PLATFORM, "agent_availability_drop", skill_id, &event_time]),
+            event_type: "agent_availability_drop".to_string(),
+            // One signal per skill and interval. It adds no contacts, because
+            // the skill's service-level event already counts them.
+            failed_contacts: 1,
+            total_contacts: 0,
+            attributes,
+            ..skill_event.clone()
+        }))
+    }
+}
+
+/// Reads an agent count: a JSON number or numeric string, finite and not
+/// negative.
+fn agent_count(value: &Value) -> Option<f64> {
+    let count = match value {
+        Value::Number(number) => number.as_f64()?,
+        Value::String(text) => text.trim().parse().ok()?,
+        _ => return None,
+    };
+    (count.is_finite() && count >= 0.0).then_some(count)
 }
 
 fn skill_event(raw: &RawEvent, skill: &Value, index: usize, event_time_ms: i64) -> Result<NormalizedEvent, String> {
@@ -128,6 +249,7 @@ mod tests {
             interval_start_ms: None,
             interval_end_ms,
             payload: payload.as_bytes().to_vec(),
+            capture_json: None,
         }
     }
 
@@ -204,5 +326,116 @@ mod tests {
         received_late.received_at_ms = i64::MAX;
         let error = normalize(&received_late, &value).unwrap_err();
         assert!(error.contains("received_at_ms"), "{error}");
+    }
+    fn polled(payload: &str, capture: &str) -> Result<Vec<NormalizedEvent>, String> {
+        let mut event = raw(payload, Some(1_765_548_060_000));
+        event.capture_json = Some(capture.to_string());
+        let value: Value = serde_json::from_str(payload).unwrap();
+        normalize(&event, &value)
+    }
+
+    fn drops(events: &[NormalizedEvent]) -> Vec<&NormalizedEvent> {
+        events.iter().filter(|e| e.event_type == "agent_availability_drop").collect()
+    }
+
+    #[test]
+    fn availability_drop_boundary_table() {
+        // (previous, current, share, drop expected)
+        let cases: [(f64, &str, f64, bool); 12] = [
+            (10.0, "4", 0.5, true),
+            (10.0, "5", 0.5, false),
+            (10.0, "6", 0.5, false),
+            (10.0, "7", 0.3, false),
+            (10.0, "6", 0.3, true),
+            (4.0, "3", 0.25, false),
+            (4.0, "2", 0.25, true),
+            (1.0, "0", 0.0, true),
+            (3.0, "3", 0.0, false),
+            (0.0, "0", 0.0, false),
+            (2.0, "5", 0.5, false),
+            (8.0, "0", 0.99, true),
+        ];
+        for (previous, current, share, expected) in cases {
+            let payload = format!(
+                r#"{{"skillSummaries":[{{"skillId":"44","skillName":"Billing Voice","serviceLevel":"90","serviceLevelGoal":"80","agentsAvailable":"{current}"}}]}}"#
+            );
+            let capture = format!(
+                r#"{{"delivery":"nice_reporting_poll","previous_agents_available":{{"44":{previous}}},"availability_drop_share":{share}}}"#
+            );
+            let events = polled(&payload, &capture).unwrap();
+            let found = drops(&events);
+            assert_eq!(!found.is_empty(), expected, "previous {previous}, current {current}, share {share}");
+        }
+    }
+
+    #[test]
+    fn availability_drop_event_fields() {
+        let payload = r#"{"skillSummaries":[{"skillId":"44","skillName":"Billing Voice","serviceLevel":"90","serviceLevelGoal":"80","contactsOffered":"12","agentsAvailable":"2","businessUnitId":"318204"}]}"#;
+        let capture = r#"{"previous_agents_available":{"44":"8"},"availability_drop_share":0.5}"#;
+        let events = polled(payload, capture).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event_type, "service_level_ok");
+        let drop = &events[1];
+        assert_eq!(drop.event_type, "agent_availability_drop");
+        assert_eq!(drop.affected_service, "nice_billing_voice");
+        assert_eq!(drop.event_time_ms, 1_765_548_060_000);
+        assert_eq!(drop.failed_contacts, 1);
+        assert_eq!(drop.total_contacts, 0);
+        assert_eq!(drop.attributes["previous_agents_available"], "8");
+        assert_eq!(drop.attributes["agents_available"], "2");
+        assert_eq!(drop.attributes["availability_drop_share"], "0.7500");
+        assert_eq!(drop.attributes["availability_drop_threshold"], "0.5");
+        assert_eq!(drop.attributes["business_unit_id"], "318204");
+        assert_ne!(drop.event_id, events[0].event_id);
+
+        // The same skill and interval give the same id, so a repeated poll
+        // is recognizable downstream.
+        let again = polled(payload, capture).unwrap();
+        assert_eq!(again[1].event_id, drop.event_id);
+    }
+
+    #[test]
+    fn availability_drop_needs_previous_and_share() {
+        let payload = r#"{"skillSummaries":[{"skillId":"44","serviceLevel":"90","serviceLevelGoal":"80","agentsAvailable":"0"}]}"#;
+        for capture in [
+            r#"{"delivery":"nice_reporting_poll"}"#,
+            r#"{"previous_agents_available":{"44":9}}"#,
+            r#"{"availability_drop_share":0.5}"#,
+            r#"{"previous_agents_available":{"45":9},"availability_drop_share":0.5}"#,
+        ] {
+            let events = polled(payload, capture).unwrap();
+            assert!(drops(&events).is_empty(), "{capture}");
+        }
+        let without_count = r#"{"skillSummaries":[{"skillId":"44","serviceLevel":"90","serviceLevelGoal":"80"}]}"#;
+        let events = polled(without_count, r#"{"previous_agents_available":{"44":9},"availability_drop_share":0.5}"#).unwrap();
+        assert!(drops(&events).is_empty());
+    }
+
+    #[test]
+    fn invalid_drop_capture_is_rejected() {
+        let payload = r#"{"skillSummaries":[{"skillId":"44","serviceLevel":"90","serviceLevelGoal":"80","agentsAvailable":"3"}]}"#;
+        let error = polled(payload, r#"{"previous_agents_available":{"44":9},"availability_drop_share":1.5}"#).unwrap_err();
+        assert!(error.contains("availability_drop_share is 1.5"), "{error}");
+        let error = polled(payload, r#"{"previous_agents_available":[9],"availability_drop_share":0.5}"#).unwrap_err();
+        assert!(error.contains("previous_agents_available is not an object"), "{error}");
+        let error = polled(payload, r#"{"previous_agents_available":{"44":-1},"availability_drop_share":0.5}"#).unwrap_err();
+        assert!(error.contains("of skill 44 is -1"), "{error}");
+        let bad_count = r#"{"skillSummaries":[{"skillId":"44","serviceLevel":"90","serviceLevelGoal":"80","agentsAvailable":"NaN"}]}"#;
+        let error = polled(bad_count, r#"{"previous_agents_available":{"44":9},"availability_drop_share":0.5}"#).unwrap_err();
+        assert!(error.contains("skill 44 agentsAvailable is not a count"), "{error}");
+    }
+
+    #[test]
+    fn agent_states_are_rejected_with_reason() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/nice/realtime-agents-states-doc-example-pii-filled.json"
+        ))
+        .unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        let error = normalize(&raw(&text, None), &value).unwrap_err();
+        assert!(error.contains("agentStates responses are not normalized"), "{error}");
+        assert!(error.contains("agentsAvailable"), "{error}");
+        assert!(!error.contains("Whitfield"), "{error}");
     }
 }

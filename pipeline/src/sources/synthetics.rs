@@ -158,6 +158,7 @@ mod tests {
             interval_start_ms: None,
             interval_end_ms: None,
             payload: Vec::new(),
+            capture_json: None,
         }
     }
 

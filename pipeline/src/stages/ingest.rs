@@ -9,7 +9,9 @@
 //! A line may also be a capture record, `{"capture": {...}, "payload": {...}}`,
 //! which is how a poller records what it fetched: `capture.delivery`,
 //! `capture.received_at` and the polled `capture.interval_start` and
-//! `capture.interval_end` (ISO-8601) travel with the payload.
+//! `capture.interval_end` (ISO-8601) travel with the payload. The whole
+//! `capture` object is also kept as JSON text, for facts a source's
+//! normalizer reads, such as the NICE poller's previous interval.
 
 use std::path::{Path, PathBuf};
 
@@ -189,6 +191,7 @@ pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawE
         interval_start_ms: capture_time("interval_start"),
         interval_end_ms: capture_time("interval_end"),
         payload,
+        capture_json: capture.as_ref().map(Value::to_string),
     };
     (key, raw)
 }
@@ -254,6 +257,8 @@ mod tests {
         assert_eq!(raw.interval_end_ms, Some(1_765_548_060_000));
         assert_eq!(raw.received_at_ms, 1_765_548_062_000);
         assert_eq!(raw.payload, br#"{"skillSummaries":[]}"#);
+        let capture: Value = serde_json::from_str(raw.capture_json.as_deref().unwrap()).unwrap();
+        assert_eq!(capture["delivery"], "nice_reporting_poll");
     }
 
     #[test]

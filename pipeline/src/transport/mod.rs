@@ -485,6 +485,7 @@ pub async fn decode_record(
         RecordKind::Incident => Record::Incident(codec.decode(kind, bytes).await?),
         RecordKind::Ticket => Record::Ticket(codec.decode(kind, bytes).await?),
         RecordKind::DeadLetter => Record::DeadLetter(codec.decode(kind, bytes).await?),
+        RecordKind::Cursor => Record::Cursor(codec.decode(kind, bytes).await?),
     })
 }
 
