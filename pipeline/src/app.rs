@@ -224,7 +224,8 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for Ctrl-C or, on Unix, SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
