@@ -51,7 +51,7 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{path}: {error}"))
 }
 
-/// A notification on a queue topic whose body carries `marker`.
+/// Returns a presence notification whose event body carries `marker`.
 fn notification(marker: &str) -> String {
     format!(r#"{{"topicName":"v2.users.user-1.presence","version":"2","eventBody":{{"marker":"{marker}"}},"metadata":{{"CorrelationId":"{marker}"}}}}"#)
 }
@@ -90,9 +90,9 @@ struct DoubleState {
     subscriptions: Vec<SubscriptionRequest>,
     /// Lifetime of the first channel; later ones live an hour.
     first_channel_lifetime: Option<Duration>,
-    /// Channel creations still answered with HTTP 429.
+    /// Number of channel creations that still receive HTTP 429.
     rate_limited_channels: u32,
-    /// Subscription requests still answered with HTTP 401.
+    /// Number of subscription requests that still receive HTTP 401.
     unauthorized_subscriptions: u32,
     /// Sends a notification on the previous channel's socket when a later
     /// channel is subscribed, and one on the new socket when it connects.
@@ -187,6 +187,8 @@ impl Double {
         done.await.unwrap();
     }
 
+    // The handshake callback's error type belongs to tungstenite.
+    #[allow(clippy::result_large_err)]
     async fn serve_socket(self, stream: tokio::net::TcpStream) {
         let path = Arc::new(Mutex::new(String::new()));
         let seen_path = Arc::clone(&path);
@@ -195,6 +197,7 @@ impl Double {
             Ok(response)
         };
         let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+
         let channel_id = path.lock().unwrap().trim_start_matches("/channels/").to_string();
         let (outgoing, mut queued) = mpsc::unbounded_channel::<Outgoing>();
         let greeting = {
@@ -206,6 +209,7 @@ impl Double {
         if greeting {
             outgoing.send((notification(&format!("switch-new-{channel_id}")), None)).unwrap();
         }
+
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         loop {
             tokio::select! {
@@ -235,6 +239,7 @@ impl Double {
                 }
             }
         }
+
         let mut state = self.state();
         state.sockets.remove(&channel_id);
         state.steps.push(Step::Disconnected(channel_id));
@@ -408,8 +413,8 @@ impl Running {
         }
     }
 
-    /// Stops the client, which publishes what it holds first, and returns
-    /// the raw events.
+    /// Stops the client, which first publishes the notifications still in
+    /// memory, and returns the raw events.
     async fn stop(self) -> Vec<RawEvent> {
         self.stop.send(true).unwrap();
         let result = tokio::time::timeout(PATIENCE, self.task).await.expect("client stops").unwrap();
@@ -450,23 +455,24 @@ async fn subscribes_configured_topics() {
     let client = Running::start(config);
     double.wait_for_step(Step::Connected("channel-1".into())).await;
 
-    let state = double.state();
-    let token = &state.token_requests[0];
-    assert_eq!(token.authorization, BASIC_CREDENTIALS);
-    assert_eq!(token.body, "grant_type=client_credentials");
-    assert_eq!(state.channel_requests[0].1, "token-1");
-    let subscription = &state.subscriptions[0];
-    assert_eq!(subscription.channel_id, "channel-1");
-    assert_eq!(subscription.token, "token-1");
-    assert_eq!(
-        subscription.topics,
-        [
-            "v2.routing.queues.queue-a.conversations",
-            "v2.routing.queues.queue-b.conversations",
-            "v2.users.user-1.conversations"
-        ]
-    );
-    drop(state);
+    {
+        let state = double.state();
+        let token = &state.token_requests[0];
+        assert_eq!(token.authorization, BASIC_CREDENTIALS);
+        assert_eq!(token.body, "grant_type=client_credentials");
+        assert_eq!(state.channel_requests[0].1, "token-1");
+        let subscription = &state.subscriptions[0];
+        assert_eq!(subscription.channel_id, "channel-1");
+        assert_eq!(subscription.token, "token-1");
+        assert_eq!(
+            subscription.topics,
+            [
+                "v2.routing.queues.queue-a.conversations",
+                "v2.routing.queues.queue-b.conversations",
+                "v2.users.user-1.conversations"
+            ]
+        );
+    }
     client.stop().await;
 }
 
@@ -577,12 +583,13 @@ async fn unauthorized_subscription_renews_token_once() {
     let client = Running::start(double.config());
     double.wait_for_step(Step::Connected("channel-1".into())).await;
 
-    let state = double.state();
-    assert_eq!(state.token_requests.len(), 2);
-    let attempts: Vec<(String, bool)> = state.subscriptions.iter().map(|s| (s.token.clone(), s.accepted)).collect();
-    assert_eq!(attempts, [("token-1".to_string(), false), ("token-2".to_string(), true)]);
-    assert_eq!(state.channel_requests.len(), 1, "the channel was created again");
-    drop(state);
+    {
+        let state = double.state();
+        assert_eq!(state.token_requests.len(), 2);
+        let attempts: Vec<(String, bool)> = state.subscriptions.iter().map(|s| (s.token.clone(), s.accepted)).collect();
+        assert_eq!(attempts, [("token-1".to_string(), false), ("token-2".to_string(), true)]);
+        assert_eq!(state.channel_requests.len(), 1, "the channel was created again");
+    }
     client.stop().await;
 }
 
@@ -592,19 +599,20 @@ async fn unauthorized_twice_fails_attempt() {
     let client = Running::start(double.config());
     double.wait_for_step(Step::Connected("channel-2".into())).await;
 
-    let state = double.state();
-    let attempts: Vec<(String, String, bool)> =
-        state.subscriptions.iter().map(|s| (s.channel_id.clone(), s.token.clone(), s.accepted)).collect();
-    assert_eq!(
-        attempts,
-        [
-            ("channel-1".to_string(), "token-1".to_string(), false),
-            ("channel-1".to_string(), "token-2".to_string(), false),
-            ("channel-2".to_string(), "token-2".to_string(), true),
-        ],
-        "a second 401 must end the attempt instead of renewing again"
-    );
-    drop(state);
+    {
+        let state = double.state();
+        let attempts: Vec<(String, String, bool)> =
+            state.subscriptions.iter().map(|s| (s.channel_id.clone(), s.token.clone(), s.accepted)).collect();
+        assert_eq!(
+            attempts,
+            [
+                ("channel-1".to_string(), "token-1".to_string(), false),
+                ("channel-1".to_string(), "token-2".to_string(), false),
+                ("channel-2".to_string(), "token-2".to_string(), true),
+            ],
+            "a second 401 must end the attempt instead of renewing again"
+        );
+    }
     client.stop().await;
 }
 
@@ -658,14 +666,15 @@ async fn queue_conversation_subscribes_detail_topics() {
         double.state().subscriptions.iter().any(|s| s.topics.iter().any(|topic| topic == expected))
     })
     .await;
-    let state = double.state();
-    let last = state.subscriptions.last().unwrap();
-    assert_eq!(last.channel_id, "channel-1");
-    assert_eq!(last.topics[0], "v2.routing.queues.queue-a.conversations", "the whole list is replaced");
-    for event in ["customer.start", "customer.end", "user.start", "user.end", "acw", "flow.outcome"] {
-        assert!(last.topics.contains(&format!("v2.detail.events.conversation.conv-1.{event}")), "{event}");
+    {
+        let state = double.state();
+        let last = state.subscriptions.last().unwrap();
+        assert_eq!(last.channel_id, "channel-1");
+        assert_eq!(last.topics[0], "v2.routing.queues.queue-a.conversations", "the whole list is replaced");
+        for event in ["customer.start", "customer.end", "user.start", "user.end", "acw", "flow.outcome"] {
+            assert!(last.topics.contains(&format!("v2.detail.events.conversation.conv-1.{event}")), "{event}");
+        }
     }
-    drop(state);
     let events = client.stop().await;
     assert_eq!(events.len(), 1, "the conversation notification is published too");
 }

@@ -1,6 +1,6 @@
 //! The notification REST calls: channel creation and the replacement of a
-//! channel's subscription list. A request answered with HTTP 401 is sent
-//! once more with a renewed token, and one answered with HTTP 429 is sent
+//! channel's subscription list. A request that receives HTTP 401 is sent
+//! once more with a renewed token, and one that receives HTTP 429 is sent
 //! again after the delay of its `Retry-After` header.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Token, TokenSource};
 
-/// Times a request answered with HTTP 429 is retried before it fails.
+/// Times a request that receives HTTP 429 is retried before it fails.
 pub(super) const MAX_RATE_LIMITED_RETRIES: u32 = 5;
 
 /// Channels live 24 hours according to the Genesys Cloud notification
@@ -136,7 +136,7 @@ impl NotificationsApi {
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS && rate_limited < MAX_RATE_LIMITED_RETRIES {
                 rate_limited += 1;
                 let delay = retry_after(response.headers()).unwrap_or(self.fallback_delay * rate_limited);
-                tracing::warn!(url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "Request rate limited (HTTP 429); retrying after the delay the server asked for.");
+                tracing::warn!(url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "Request rate limited (HTTP 429); retrying after the delay in Retry-After.");
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -154,7 +154,7 @@ impl NotificationsApi {
     }
 }
 
-/// Returns the delay a `Retry-After` header asks for: a number of seconds,
+/// Returns the delay that a `Retry-After` header requests: a number of seconds,
 /// or an HTTP date (RFC 9110, section 10.2.3).
 pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();

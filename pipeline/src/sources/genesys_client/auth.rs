@@ -1,8 +1,8 @@
 //! OAuth client credentials grant against the region's login host:
 //! `POST {login_url}/oauth/token` with HTTP basic authentication of the
-//! client id and secret and `grant_type=client_credentials`, answered with
-//! `access_token` and `expires_in` (seconds). The token is cached and
-//! renewed `token_refresh_margin_ms` before it expires.
+//! client id and secret and `grant_type=client_credentials`. The response
+//! carries `access_token` and `expires_in` (seconds). The token is cached
+//! and renewed `token_refresh_margin_ms` before it expires.
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ impl TokenSource {
         Ok(token)
     }
 
-    /// Replaces `rejected`, which the API answered with HTTP 401, by a new
+    /// Replaces `rejected`, which the API rejected with HTTP 401, by a new
     /// token. When another request already replaced it, returns that one.
     pub(super) async fn renew(&self, rejected: &Token) -> anyhow::Result<Token> {
         let mut cached = self.cached.lock().await;
@@ -100,7 +100,7 @@ impl TokenSource {
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS && rate_limited < MAX_RATE_LIMITED_RETRIES {
                 rate_limited += 1;
                 let delay = retry_after(response.headers()).unwrap_or(self.fallback_delay);
-                tracing::warn!(url = %self.token_url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "OAuth token request rate limited (HTTP 429); retrying after the delay the server asked for.");
+                tracing::warn!(url = %self.token_url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "OAuth token request rate limited (HTTP 429); retrying after the delay in Retry-After.");
                 tokio::time::sleep(delay).await;
                 continue;
             }

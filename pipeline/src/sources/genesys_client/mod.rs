@@ -15,7 +15,7 @@
 
 mod api;
 mod auth;
-mod held;
+mod publish_queue;
 mod session;
 mod socket;
 mod topics;
@@ -37,8 +37,8 @@ use crate::transport::TopicNames;
 /// The delivery path written into every capture record of this client.
 pub const DELIVERY: &str = "notification_api";
 
-/// Most topics one channel may subscribe to, a limit of the Genesys Cloud
-/// notification service.
+/// Maximum number of topics one channel may subscribe to, a limit of the
+/// Genesys Cloud notification service.
 pub const MAX_TOPICS_PER_CHANNEL: usize = 1000;
 
 /// Conversation detail events subscribed per followed conversation by
@@ -75,7 +75,7 @@ pub struct GenesysClientConfig {
     /// Detail events subscribed per followed conversation, as
     /// `v2.detail.events.conversation.{id}.{event}`.
     pub detail_events: Vec<String>,
-    /// Most topics per channel. Default and maximum 1000.
+    /// Maximum number of topics per channel. Default and upper limit 1000.
     pub max_topics_per_channel: usize,
     /// A followed conversation is unsubscribed after this long without a
     /// notification. Default 900000 (15 minutes).
@@ -96,17 +96,17 @@ pub struct GenesysClientConfig {
     /// First delay before a failed connection attempt is retried. The delay
     /// doubles per failure, with random jitter. Default 1000.
     pub reconnect_min_delay_ms: u64,
-    /// Longest delay between connection attempts. Default 60000.
+    /// Maximum delay between connection attempts. Default 60000.
     pub reconnect_max_delay_ms: u64,
     /// First delay before a failed publish is retried. Default 200.
     pub publish_retry_min_delay_ms: u64,
-    /// Longest delay between publish attempts. Default 30000.
+    /// Maximum delay between publish attempts. Default 30000.
     pub publish_retry_max_delay_ms: u64,
     /// An error naming the number of held notifications is logged once
     /// publishing has failed for this long, and again at this interval.
     /// Default 60000.
     pub publish_alarm_after_ms: u64,
-    /// Most notifications held in memory while publishing fails. When full,
+    /// Maximum number of notifications kept in memory while publishing fails. When full,
     /// the client stops reading its sockets. Default 10000.
     pub max_held_messages: usize,
     /// How long a stop waits for held notifications to be published.

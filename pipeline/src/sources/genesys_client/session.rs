@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::api::NotificationsApi;
 use super::auth::TokenSource;
-use super::held::{self, HeldSender};
+use super::publish_queue::{self, HeldSender};
 use super::socket::{Reader, SocketEvent};
 use super::topics::TopicPlan;
 use super::Settings;
@@ -48,7 +48,7 @@ impl Session {
     }
 }
 
-/// Why the current session is replaced.
+/// Reason for replacing the current session.
 #[derive(Clone, Copy, Debug)]
 enum Replace {
     Start,
@@ -103,7 +103,7 @@ impl Supervisor {
     /// Runs sessions until `shutdown` turns true, then closes the socket and
     /// publishes what is held, waiting up to `shutdown_grace_ms`.
     pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let (held, held_count, publishing) = held::queue(Arc::clone(&self.publisher), &self.settings);
+        let (held, held_count, publishing) = publish_queue::queue(Arc::clone(&self.publisher), &self.settings);
         let publishing = tokio::spawn(publishing);
         let (events_sender, mut events) = mpsc::unbounded_channel();
 
@@ -178,7 +178,8 @@ impl Supervisor {
                     let Some(event) = event else { continue };
                     match event {
                         SocketEvent::ConversationSeen { conversation_id } => {
-                            if self.plan.see(&conversation_id, std::time::Instant::now()) && update_at.is_none() {
+                            let added = self.plan.see(&conversation_id, std::time::Instant::now());
+                            if added && update_at.is_none() {
                                 update_at = Some(Instant::now() + self.settings.subscription_update_delay);
                             }
                         }

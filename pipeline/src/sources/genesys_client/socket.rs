@@ -14,19 +14,19 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::held::HeldSender;
+use super::publish_queue::HeldSender;
 use super::{topics, DELIVERY};
 use crate::stages::ingest::Delivered;
 
 pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Topic of the service's heartbeats and of its answers to a ping.
+/// Topic of the service's heartbeats and of its responses to a ping.
 pub(super) const METADATA_TOPIC: &str = "channel.metadata";
 /// Topic of the warning that the service will close the socket soon.
 pub(super) const SOCKET_CLOSING_TOPIC: &str = "v2.system.socket_closing";
 
-/// What a socket reader reports to the session supervisor. `generation`
-/// names the session the socket belongs to.
+/// Event that a socket reader sends to the session supervisor.
+/// `generation` names the session the socket belongs to.
 #[derive(Debug)]
 pub(super) enum SocketEvent {
     /// The service announced that it will close the socket.

@@ -102,7 +102,7 @@ impl TopicPlan {
         topics
     }
 
-    /// Most conversations followed at once within the topic limit.
+    /// Maximum number of conversations followed at once within the topic limit.
     fn capacity(&self) -> usize {
         if self.detail_events.is_empty() {
             return 0;

@@ -14,7 +14,7 @@ use super::Settings;
 use crate::publish::Publisher;
 use crate::stages::ingest::Delivered;
 
-/// Most notifications published in one call.
+/// Maximum number of notifications per publish call.
 const BATCH: usize = 500;
 
 /// The sending side, cloned into every socket reader.
