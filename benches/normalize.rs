@@ -48,6 +48,7 @@ fn raw(source: &str, delivery: &str, received_at_ms: i64, payload: String) -> Ra
         received_at_ms,
         interval_start_ms: None,
         interval_end_ms: Some(received_at_ms),
+        capture_json: None,
         payload: payload.into_bytes(),
     }
 }

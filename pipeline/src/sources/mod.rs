@@ -422,6 +422,7 @@ mod tests {
                 received_at_ms: 1_765_551_713_383,
                 interval_start_ms: None,
                 interval_end_ms: None,
+                capture_json: None,
                 payload,
             }
         }

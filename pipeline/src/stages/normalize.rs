@@ -212,6 +212,7 @@ mod tests {
             received_at_ms: 0,
             interval_start_ms: None,
             interval_end_ms: None,
+            capture_json: None,
             payload: payload.into_bytes(),
         }
     }
