@@ -42,8 +42,18 @@ pub const DELIVERY: &str = "notification_api";
 pub const MAX_TOPICS_PER_CHANNEL: usize = 1000;
 
 /// Conversation detail events subscribed per followed conversation by
-/// default: the ones the normalize stage turns into events.
-pub const DEFAULT_DETAIL_EVENTS: [&str; 6] = ["customer.start", "customer.end", "user.start", "user.end", "acw", "flow.outcome"];
+/// default. `customer.end` is left out because the queue conversation
+/// notifications already count each call, as `call_completed` or
+/// `call_failed`, and the two could count one call twice.
+pub const DEFAULT_DETAIL_EVENTS: [&str; 7] = [
+    "customer.start",
+    "user.start",
+    "user.end",
+    "acw",
+    "acd.end",
+    "flow.end",
+    "flow.outcome",
+];
 
 /// Settings of the Genesys Notification API client, `[sources.genesys]`.
 /// Durations are in milliseconds.
