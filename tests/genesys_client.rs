@@ -661,7 +661,7 @@ async fn queue_conversation_subscribes_detail_topics() {
     let conversation = r#"{"topicName":"v2.routing.queues.queue-a.conversations","version":"2","eventBody":{"id":"conv-1","participants":[]}}"#;
     double.send("channel-1", conversation).await;
 
-    let expected = "v2.detail.events.conversation.conv-1.customer.end";
+    let expected = "v2.detail.events.conversation.conv-1.flow.outcome";
     wait_until("detail topic subscription", || {
         double.state().subscriptions.iter().any(|s| s.topics.iter().any(|topic| topic == expected))
     })
@@ -671,9 +671,11 @@ async fn queue_conversation_subscribes_detail_topics() {
         let last = state.subscriptions.last().unwrap();
         assert_eq!(last.channel_id, "channel-1");
         assert_eq!(last.topics[0], "v2.routing.queues.queue-a.conversations", "the whole list is replaced");
-        for event in ["customer.start", "customer.end", "user.start", "user.end", "acw", "flow.outcome"] {
+        for event in ["customer.start", "user.start", "user.end", "acw", "acd.end", "flow.end", "flow.outcome"] {
             assert!(last.topics.contains(&format!("v2.detail.events.conversation.conv-1.{event}")), "{event}");
         }
+        let counted_twice = "v2.detail.events.conversation.conv-1.customer.end".to_string();
+        assert!(!last.topics.contains(&counted_twice), "customer.end would count the call twice");
     }
     let events = client.stop().await;
     assert_eq!(events.len(), 1, "the conversation notification is published too");

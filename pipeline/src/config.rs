@@ -216,7 +216,8 @@ pub struct WindowConfig {
     pub window_secs: u64,
     /// Signals that open an incident, by event type, as a count within the
     /// window. Default `call_failed = 50`, `service_level_failure = 3`,
-    /// `ivr_error = 50`.
+    /// `ivr_error = 50`, `api_connection_error = 10`,
+    /// `agent_availability_drop = 2`.
     pub thresholds: BTreeMap<String, u64>,
     /// An incident is ticketed once it lasts longer than this, in seconds.
     /// Default 600.
@@ -237,6 +238,8 @@ impl Default for WindowConfig {
             ("call_failed".to_string(), 50),
             ("service_level_failure".to_string(), 3),
             ("ivr_error".to_string(), 50),
+            ("api_connection_error".to_string(), 10),
+            ("agent_availability_drop".to_string(), 2),
         ]
         .into_iter()
         .collect();
