@@ -133,6 +133,13 @@ fn normalize_day(normalizer: &Normalizer, day: &[RawEvent]) -> usize {
 fn bench_normalize_day(c: &mut Criterion) {
     let day = generate_day();
     let normalizer = Normalizer::new(&NormalizeConfig::default());
+    let rejected = day.iter().filter(|raw| normalizer.normalize(raw).is_err()).count();
+    assert_eq!(rejected, 0, "the generated day should normalize without a rejection");
+    eprintln!(
+        "generated day: {} raw events, {} unique normalized events",
+        day.len(),
+        normalize_day(&normalizer, &day)
+    );
     let mut group = c.benchmark_group("normalize");
     group.throughput(Throughput::Elements(day.len() as u64));
     group.bench_function("generated_day", |b| b.iter(|| black_box(normalize_day(&normalizer, black_box(&day)))));
