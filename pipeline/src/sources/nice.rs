@@ -33,10 +33,7 @@ pub const AVAILABILITY_DROP_SHARE: &str = "availability_drop_share";
 
 pub fn normalize(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
     let Some(skills) = payload.get("skillSummaries") else {
-        return Err("NICE CXone agentStates responses are not normalized: they list agents one by one with their \
-                    names and phone numbers, and available agents per skill come from the skill summary's \
-                    agentsAvailable. Send the reporting skill summary (skillSummaries) instead"
-            .into());
+        return agent_states(raw, payload);
     };
     let skills = skills
         .as_array()
@@ -159,6 +156,101 @@ fn agent_count(value: &Value) -> Option<f64> {
         _ => return None,
     };
     (count.is_finite() && count >= 0.0).then_some(count)
+}
+
+/// Counts agents of an `agentStates` response (`GET /agents/states`) per
+/// skill: one `agent_states` event per skill with the number of agents in
+/// each state, and no value of any single agent. The response lists agents
+/// one by one with names and phone numbers, which stop here.
+fn agent_states(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>, String> {
+    let agents = payload
+        .get("agentStates")
+        .and_then(Value::as_array)
+        .ok_or("NICE CXone payload has neither skillSummaries nor an agentStates array")?;
+    let (time_field, time_ms) = match raw.interval_end_ms {
+        Some(end) => ("interval_end_ms", end),
+        None => ("received_at_ms", raw.received_at_ms),
+    };
+    let event_time_ms = check_event_time(time_ms, &time_ms.to_string())
+        .map_err(|e| format!("NICE CXone raw event {time_field} is unusable as the event time: {e}"))?;
+
+    #[derive(Default)]
+    struct SkillCounts {
+        name: Option<String>,
+        unit: Option<String>,
+        total: u64,
+        available: u64,
+        acw: u64,
+        outbound: u64,
+        by_state: BTreeMap<String, u64>,
+    }
+    let mut skills: BTreeMap<String, SkillCounts> = BTreeMap::new();
+    for (index, agent) in agents.iter().enumerate() {
+        let skill_id = text_field(agent, "skillId").unwrap_or_else(|| "0".to_string());
+        if !skill_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "NICE CXone agentStates[{index}].skillId {:?} is not a skill id; CXone skill ids are integers",
+                scrub_text(&skill_id)
+            ));
+        }
+        let counts = skills.entry(skill_id).or_default();
+        if counts.name.is_none() {
+            counts.name = scrubbed_text_field(agent, "skillName");
+        }
+        if counts.unit.is_none() {
+            counts.unit = id_field(agent, "businessUnitId");
+        }
+        let flag = |field: &str| match agent.get(field) {
+            Some(Value::Bool(value)) => *value,
+            Some(Value::String(text)) => text.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+        // The single-agent form of the same API spells the flag isACW.
+        let in_acw = flag("isAcw") || flag("isACW");
+        let state = scrubbed_text_field(agent, "agentStateName").unwrap_or_else(|| "unknown".to_string());
+        counts.total += 1;
+        counts.acw += u64::from(in_acw);
+        counts.outbound += u64::from(flag("isOutbound"));
+        counts.available += u64::from(state.eq_ignore_ascii_case("available") && !in_acw);
+        *counts.by_state.entry(slug(&state)).or_default() += 1;
+    }
+
+    let mut events = Vec::with_capacity(skills.len());
+    for (skill_id, counts) in skills {
+        let skill_name = counts.name.clone().unwrap_or_else(|| skill_id.clone());
+        let mut attributes = BTreeMap::new();
+        attributes.insert("skill_id".to_string(), skill_id.clone());
+        attributes.insert("skill_name".to_string(), skill_name.clone());
+        attributes.insert("agents_total".to_string(), counts.total.to_string());
+        attributes.insert("agents_available".to_string(), counts.available.to_string());
+        attributes.insert("agents_acw".to_string(), counts.acw.to_string());
+        attributes.insert("agents_outbound".to_string(), counts.outbound.to_string());
+        let states: Vec<String> = counts.by_state.iter().map(|(state, count)| format!("{state}={count}")).collect();
+        attributes.insert("agent_states".to_string(), states.join(","));
+        if let Some(unit) = counts.unit {
+            attributes.insert("business_unit_id".to_string(), unit);
+        }
+        events.push(NormalizedEvent {
+            event_id: derive_id(&[PLATFORM, "agent_states", &skill_id, &event_time_ms.to_string()]),
+            event_type: "agent_states".to_string(),
+            platform_source: PLATFORM.to_string(),
+            delivery: raw.delivery.clone(),
+            event_time_ms,
+            received_at_ms: raw.received_at_ms,
+            affected_service: format!("nice_{}", slug(&skill_name)),
+            conversation_id: None,
+            touchpoint: None,
+            agent_id: None,
+            phone_number: None,
+            customer_id: None,
+            failed_contacts: 0,
+            total_contacts: 0,
+            dependency: None,
+            attributes,
+            message: None,
+        });
+    }
+    Ok(events)
 }
 
 fn skill_event(raw: &RawEvent, skill: &Value, index: usize, event_time_ms: i64) -> Result<NormalizedEvent, String> {
@@ -426,16 +518,45 @@ mod tests {
     }
 
     #[test]
-    fn agent_states_are_rejected_with_reason() {
+    fn agent_states_count_without_agents() {
         let text = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/fixtures/nice/realtime-agents-states-doc-example-pii-filled.json"
         ))
         .unwrap();
         let value: Value = serde_json::from_str(&text).unwrap();
-        let error = normalize(&raw(&text, None), &value).unwrap_err();
-        assert!(error.contains("agentStates responses are not normalized"), "{error}");
-        assert!(error.contains("agentsAvailable"), "{error}");
-        assert!(!error.contains("Whitfield"), "{error}");
+        let events = normalize(&raw(&text, None), &value).unwrap();
+        assert_eq!(events.len(), 1);
+        let event = &events[0];
+        assert_eq!(event.event_type, "agent_states");
+        assert_eq!(event.affected_service, "nice_0");
+        assert_eq!(event.attributes["agents_total"], "1");
+        assert_eq!(event.attributes["agents_acw"], "1");
+        assert_eq!(event.attributes["agents_outbound"], "1");
+        assert_eq!(event.attributes["agents_available"], "0");
+        assert_eq!(event.attributes["business_unit_id"], "0");
+        assert_eq!(event.failed_contacts, 0);
+        let printed = format!("{event:?}");
+        for personal in ["Dana", "Whitfield", "8015550134", "8015550177", "8015550199", "dana.whitfield"] {
+            assert!(!printed.contains(personal), "{personal} in {printed}");
+        }
+    }
+
+    #[test]
+    fn agent_states_group_by_skill() {
+        let text = r#"{"agentStates":[
+            {"agentId":1,"skillId":"11","skillName":"Billing Voice","agentStateName":"Available","isAcw":false},
+            {"agentId":2,"skillId":"11","skillName":"Billing Voice","agentStateName":"Available","isACW":true},
+            {"agentId":3,"skillId":"11","skillName":"Billing Voice","agentStateName":"Unavailable","isAcw":false},
+            {"agentId":4,"skillId":"12","skillName":"Sales","agentStateName":"Available","isAcw":"False"}]}"#;
+        let value: Value = serde_json::from_str(text).unwrap();
+        let events = normalize(&raw(text, None), &value).unwrap();
+        let billing = events.iter().find(|e| e.affected_service == "nice_billing_voice").unwrap();
+        assert_eq!(billing.attributes["agents_total"], "3");
+        assert_eq!(billing.attributes["agents_available"], "1");
+        assert_eq!(billing.attributes["agents_acw"], "1");
+        assert_eq!(billing.attributes["agent_states"], "available=2,unavailable=1");
+        let sales = events.iter().find(|e| e.affected_service == "nice_sales").unwrap();
+        assert_eq!(sales.attributes["agents_available"], "1");
     }
 }
