@@ -253,6 +253,30 @@ fn agent_states(raw: &RawEvent, payload: &Value) -> Result<Vec<NormalizedEvent>,
     Ok(events)
 }
 
+/// Returns the touchpoint of a skill from its `mediaTypeName`, such as
+/// "Phone Call" (`sip`) or "Chat" (`webchat`), or `None` for a media type
+/// with no touchpoint, such as a work item.
+fn touchpoint_for_media(skill: &Value) -> Option<String> {
+    // "E-Mail" and "Email" both occur, so only letters are compared.
+    let media: String = text_field(skill, "mediaTypeName")?
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let touchpoint = if media.contains("phone") || media.contains("voice") || media.contains("call") {
+        "sip"
+    } else if media.contains("chat") {
+        "webchat"
+    } else if media.contains("email") {
+        "email"
+    } else if media.contains("sms") || media.contains("digital") || media.contains("message") {
+        "message"
+    } else {
+        return None;
+    };
+    Some(touchpoint.to_string())
+}
+
 fn skill_event(raw: &RawEvent, skill: &Value, index: usize, event_time_ms: i64) -> Result<NormalizedEvent, String> {
     let skill_id = text_field(skill, "skillId")
         .ok_or_else(|| format!("NICE CXone skillSummaries[{index}] has no skillId"))?;
@@ -311,7 +335,7 @@ fn skill_event(raw: &RawEvent, skill: &Value, index: usize, event_time_ms: i64) 
         received_at_ms: raw.received_at_ms,
         affected_service: format!("nice_{}", slug(&skill_name)),
         conversation_id: None,
-        touchpoint: None,
+        touchpoint: touchpoint_for_media(skill),
         agent_id: None,
         phone_number: None,
         customer_id: None,
@@ -558,5 +582,24 @@ mod tests {
         assert_eq!(billing.attributes["agent_states"], "available=2,unavailable=1");
         let sales = events.iter().find(|e| e.affected_service == "nice_sales").unwrap();
         assert_eq!(sales.attributes["agents_available"], "1");
+    }
+
+    #[test]
+    fn skill_touchpoint_from_media_type() {
+        let cases = [
+            ("Phone Call", Some("sip")),
+            ("Voice Mail", Some("sip")),
+            ("Chat", Some("webchat")),
+            ("Email", Some("email")),
+            ("E-Mail", Some("email")),
+            ("SMS", Some("message")),
+            ("Digital", Some("message")),
+            ("Work Item", None),
+        ];
+        for (media, touchpoint) in cases {
+            let skill = serde_json::json!({ "mediaTypeName": media });
+            assert_eq!(touchpoint_for_media(&skill).as_deref(), touchpoint, "{media}");
+        }
+        assert_eq!(touchpoint_for_media(&serde_json::json!({})), None);
     }
 }
