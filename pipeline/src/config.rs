@@ -417,7 +417,7 @@ pub struct AttachmentsConfig {
     /// `BLAMELESS__ATTACHMENTS__MASTER_KEY` or `master_key_file`; never
     /// commit it.
     pub master_key: Secret,
-    /// A file holding the master key (surrounding whitespace is ignored).
+    /// A file containing the master key (surrounding whitespace is ignored).
     /// It replaces `master_key`.
     pub master_key_file: Option<PathBuf>,
     /// Id of the master key, written into every attachment so the right key
@@ -426,7 +426,7 @@ pub struct AttachmentsConfig {
     /// The master key before the last rotation, used only to decrypt
     /// attachments written with it. Default empty.
     pub previous_master_key: Secret,
-    /// A file holding the previous master key. It replaces
+    /// A file containing the previous master key. It replaces
     /// `previous_master_key`.
     pub previous_master_key_file: Option<PathBuf>,
     /// Id of the previous master key. Required when a previous key is set.

@@ -74,9 +74,9 @@ impl Principals {
     }
 }
 
-/// Why a principal may not decrypt.
+/// Reason a principal may not decrypt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum AccessDenied {
     #[error("no principal was given; pass --principal NAME or set BLAMELESS_PRINCIPAL")]
     NoPrincipal,
     #[error("principal {0:?} is not listed in the principals file; ask an administrator to add it to attachments.principals_file")]
@@ -85,31 +85,31 @@ pub enum Refusal {
     MissingRole { principal: String, roles: String },
 }
 
-impl Refusal {
+impl AccessDenied {
     /// Short, stable reason for the audit log.
     pub fn audit_reason(&self) -> String {
         match self {
-            Refusal::NoPrincipal => "no principal given".into(),
-            Refusal::UnknownPrincipal(_) => "unknown principal".into(),
-            Refusal::MissingRole { .. } => format!("missing role {INCIDENT_COMMANDER}"),
+            AccessDenied::NoPrincipal => "no principal given".into(),
+            AccessDenied::UnknownPrincipal(_) => "unknown principal".into(),
+            AccessDenied::MissingRole { .. } => format!("missing role {INCIDENT_COMMANDER}"),
         }
     }
 }
 
 /// Decides whether `principal` may decrypt attachments: only a principal
 /// listed with the role `incident_commander`, spelled exactly so, may.
-pub fn authorize_decrypt(principals: &Principals, principal: &str) -> Result<(), Refusal> {
+pub fn authorize_decrypt(principals: &Principals, principal: &str) -> Result<(), AccessDenied> {
     if principal.is_empty() {
-        return Err(Refusal::NoPrincipal);
+        return Err(AccessDenied::NoPrincipal);
     }
     let roles = principals
         .principals
         .get(principal)
-        .ok_or_else(|| Refusal::UnknownPrincipal(principal.to_string()))?;
+        .ok_or_else(|| AccessDenied::UnknownPrincipal(principal.to_string()))?;
     if roles.iter().any(|role| role == INCIDENT_COMMANDER) {
         Ok(())
     } else {
-        Err(Refusal::MissingRole {
+        Err(AccessDenied::MissingRole {
             principal: principal.to_string(),
             roles: roles.join(", "),
         })
@@ -134,27 +134,27 @@ mod tests {
     #[test]
     fn authorization_table() {
         let principals = principals();
-        let cases: [(&str, Result<(), Refusal>); 7] = [
+        let cases: [(&str, Result<(), AccessDenied>); 7] = [
             ("alice", Ok(())),
             ("carol", Ok(())),
             (
                 "bob",
-                Err(Refusal::MissingRole {
+                Err(AccessDenied::MissingRole {
                     principal: "bob".into(),
                     roles: "reviewer".into(),
                 }),
             ),
             (
                 "dave",
-                Err(Refusal::MissingRole {
+                Err(AccessDenied::MissingRole {
                     principal: "dave".into(),
                     roles: String::new(),
                 }),
             ),
-            ("mallory", Err(Refusal::UnknownPrincipal("mallory".into()))),
+            ("mallory", Err(AccessDenied::UnknownPrincipal("mallory".into()))),
             // Principal names are matched exactly.
-            ("Alice", Err(Refusal::UnknownPrincipal("Alice".into()))),
-            ("", Err(Refusal::NoPrincipal)),
+            ("Alice", Err(AccessDenied::UnknownPrincipal("Alice".into()))),
+            ("", Err(AccessDenied::NoPrincipal)),
         ];
         for (principal, expected) in cases {
             assert_eq!(authorize_decrypt(&principals, principal), expected, "{principal:?}");
@@ -171,10 +171,10 @@ mod tests {
 
     #[test]
     fn refusal_messages_name_the_fix() {
-        let unknown = Refusal::UnknownPrincipal("mallory".into()).to_string();
+        let unknown = AccessDenied::UnknownPrincipal("mallory".into()).to_string();
         assert!(unknown.contains("\"mallory\""), "{unknown}");
         assert!(unknown.contains("attachments.principals_file"), "{unknown}");
-        let missing = Refusal::MissingRole {
+        let missing = AccessDenied::MissingRole {
             principal: "bob".into(),
             roles: "reviewer".into(),
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-/// One line of the audit log. It never holds plaintext or key material.
+/// One line of the audit log. It contains no plaintext or key material.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// UTC time of the attempt, ISO 8601 with milliseconds.

@@ -33,7 +33,7 @@ pub const MAGIC: [u8; 8] = *b"BLMLSATT";
 pub const VERSION: u8 = 1;
 /// Length of a master key and of a data key, in bytes.
 pub const KEY_BYTES: usize = 32;
-/// Longest master key id, in bytes.
+/// Maximum length of a master key id, in bytes.
 pub const MAX_KEY_ID_BYTES: usize = 64;
 
 const NONCE_BYTES: usize = 12;
@@ -148,7 +148,7 @@ impl Keyring {
     }
 }
 
-/// Why an object could not be decrypted. None of the messages contains key
+/// Reason an object could not be decrypted. None of the messages contains key
 /// material or plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {

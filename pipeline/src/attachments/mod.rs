@@ -21,11 +21,11 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use zeroize::Zeroizing;
 
-use access::{authorize_decrypt, Principals, PrincipalsError, Refusal};
+use access::{authorize_decrypt, AccessDenied, Principals, PrincipalsError};
 use audit::{AuditEntry, AuditError, AuditLog};
 use envelope::{EnvelopeError, Keyring, MasterKey};
 
-/// Longest incident id or attachment name, in bytes.
+/// Maximum length of an incident id or attachment name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
 /// Extension of stored attachments.
 const OBJECT_EXTENSION: &str = ".enc";
@@ -58,7 +58,7 @@ pub enum AttachmentError {
         url: String,
     },
     #[error("decryption refused: {0}")]
-    Refused(Refusal),
+    AccessDenied(AccessDenied),
     #[error("decryption refused: {0}")]
     Principals(PrincipalsError),
     #[error("could not decrypt {url}: {source}")]
@@ -79,7 +79,7 @@ impl AttachmentError {
     fn audit_outcome(&self) -> String {
         match self {
             AttachmentError::InvalidName { what, .. } => format!("refused: invalid {what}"),
-            AttachmentError::Refused(refusal) => format!("refused: {}", refusal.audit_reason()),
+            AttachmentError::AccessDenied(denied) => format!("refused: {}", denied.audit_reason()),
             AttachmentError::Principals(PrincipalsError::NotConfigured) => "refused: no principals file configured".into(),
             AttachmentError::Principals(_) => "refused: principals file unreadable or invalid".into(),
             AttachmentError::NotFound { .. } => "failed: no such attachment".into(),
@@ -293,7 +293,7 @@ pub struct DecryptRequest<'a> {
     pub name: &'a str,
 }
 
-/// Decrypts an attachment if `request.principal` holds the
+/// Decrypts an attachment if `request.principal` has the
 /// `incident_commander` role in the principals file, and appends one line
 /// for the attempt to `audit`, whatever its outcome. The plaintext is
 /// returned only after that line is on disk. If the line cannot be written,
@@ -324,22 +324,16 @@ pub async fn decrypt_attachment(
             attempt: attempt.err().map(Box::new),
         });
     }
-    match &attempt {
-        Ok(plaintext) => tracing::info!(
+    // A refusal or failure is returned to the caller, which reports it, so
+    // only a granted decryption is logged here.
+    if let Ok(plaintext) = &attempt {
+        tracing::info!(
             principal = request.principal,
             incident_id = request.incident_id,
             attachment = request.name,
             plaintext_bytes = plaintext.len(),
             "attachment decrypted"
-        ),
-        Err(error) => tracing::warn!(
-            principal = request.principal,
-            incident_id = request.incident_id,
-            attachment = request.name,
-            outcome = %entry.outcome,
-            error = %error,
-            "attachment decryption not completed"
-        ),
+        );
     }
     attempt
 }
@@ -353,7 +347,7 @@ async fn attempt_decrypt(
     check_name("incident id", request.incident_id)?;
     check_name("attachment name", request.name)?;
     let principals = Principals::load(principals_file).map_err(AttachmentError::Principals)?;
-    authorize_decrypt(&principals, request.principal).map_err(AttachmentError::Refused)?;
+    authorize_decrypt(&principals, request.principal).map_err(AttachmentError::AccessDenied)?;
     let object = store.fetch(request.incident_id, request.name).await?;
     envelope::decrypt(keyring, request.incident_id, request.name, &object).map_err(|source| AttachmentError::Envelope {
         url: store.url_of(request.incident_id, request.name),

@@ -75,7 +75,7 @@ impl Fixture {
             .collect()
     }
 
-    /// Asserts that the audit log holds exactly one line, for `principal`,
+    /// Asserts that the audit log contains exactly one line, for `principal`,
     /// with `outcome`, and no plaintext.
     fn assert_single_audit_line(&self, principal: &str, incident_id: &str, name: &str, outcome: &str) {
         let entries = self.audit_entries();
@@ -112,7 +112,7 @@ async fn stored_object_hides_plaintext() {
 async fn reviewer_is_refused() {
     let fixture = Fixture::new().await;
     let error = fixture.decrypt("bob", INCIDENT, NAME).await.unwrap_err();
-    assert!(matches!(error, AttachmentError::Refused(Refusal::MissingRole { .. })), "{error:?}");
+    assert!(matches!(error, AttachmentError::AccessDenied(AccessDenied::MissingRole { .. })), "{error:?}");
     assert!(error.to_string().contains("incident_commander"), "{error}");
     fixture.assert_single_audit_line("bob", INCIDENT, NAME, "refused: missing role incident_commander");
 }
@@ -121,7 +121,7 @@ async fn reviewer_is_refused() {
 async fn unknown_principal_is_refused() {
     let fixture = Fixture::new().await;
     let error = fixture.decrypt("mallory", INCIDENT, NAME).await.unwrap_err();
-    assert!(matches!(error, AttachmentError::Refused(Refusal::UnknownPrincipal(_))), "{error:?}");
+    assert!(matches!(error, AttachmentError::AccessDenied(AccessDenied::UnknownPrincipal(_))), "{error:?}");
     assert!(error.to_string().contains("\"mallory\""), "{error}");
     fixture.assert_single_audit_line("mallory", INCIDENT, NAME, "refused: unknown principal");
 }
@@ -254,7 +254,7 @@ async fn unwritable_audit_log_keeps_refusal_reason() {
     let AttachmentError::AuditUnavailable { attempt: Some(attempt), .. } = &error else {
         panic!("{error:?}");
     };
-    assert!(matches!(**attempt, AttachmentError::Refused(_)), "{attempt:?}");
+    assert!(matches!(**attempt, AttachmentError::AccessDenied(_)), "{attempt:?}");
     assert!(error.to_string().contains("not incident_commander"), "{error}");
 }
 
