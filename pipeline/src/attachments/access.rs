@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 /// The role that may decrypt attachments. Role names are case-sensitive.
 pub const INCIDENT_COMMANDER: &str = "incident_commander";
-/// A role that may list attachments but not decrypt them.
+/// The role of postmortem reviewers. It does not allow decryption, and
+/// listing attachments needs no role at all.
 pub const REVIEWER: &str = "reviewer";
 /// Every role a principals file may name.
 pub const KNOWN_ROLES: [&str; 2] = [INCIDENT_COMMANDER, REVIEWER];
