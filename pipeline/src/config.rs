@@ -82,12 +82,19 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub sources: SourcesConfig,
     pub normalize: NormalizeConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 /// Environment variable whose exact text is the mask key. figment would read
 /// its value as TOML, so `1234567890123456.0` or `"quoted"` would arrive
 /// changed. [`Config::load`] takes it verbatim instead.
 pub const MASK_KEY_VARIABLE: &str = "BLAMELESS__MASK__KEY";
+
+/// Environment variables whose exact text is an attachment master key, taken
+/// verbatim for the same reason as [`MASK_KEY_VARIABLE`]: a hexadecimal key
+/// of digits and one `e` would otherwise arrive as a TOML float.
+pub const ATTACHMENTS_MASTER_KEY_VARIABLE: &str = "BLAMELESS__ATTACHMENTS__MASTER_KEY";
+pub const ATTACHMENTS_PREVIOUS_MASTER_KEY_VARIABLE: &str = "BLAMELESS__ATTACHMENTS__PREVIOUS_MASTER_KEY";
 
 /// Largest accepted value of the duration settings in seconds
 /// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
@@ -400,6 +407,156 @@ impl ServiceRule {
     }
 }
 
+/// Encrypted incident attachments (`blameless attachment`), stored in the
+/// cold tier (`archive.cold_url`). See docs/attachments.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttachmentsConfig {
+    /// The AES-256 master key that wraps each attachment's data key: 32
+    /// bytes as 64 hexadecimal characters or base64. Set it through
+    /// `BLAMELESS__ATTACHMENTS__MASTER_KEY` or `master_key_file`; never
+    /// commit it.
+    pub master_key: Secret,
+    /// A file containing the master key (surrounding whitespace is ignored).
+    /// It replaces `master_key`.
+    pub master_key_file: Option<PathBuf>,
+    /// Id of the master key, written into every attachment so the right key
+    /// is chosen after a rotation. Default `ak1`.
+    pub master_key_id: String,
+    /// The master key before the last rotation, used only to decrypt
+    /// attachments written with it. Default empty.
+    pub previous_master_key: Secret,
+    /// A file containing the previous master key. It replaces
+    /// `previous_master_key`.
+    pub previous_master_key_file: Option<PathBuf>,
+    /// Id of the previous master key. Required when a previous key is set.
+    pub previous_master_key_id: String,
+    /// TOML (or, for a `.json` name, JSON) file mapping principal names to
+    /// roles. Required by `blameless attachment get`. Default unset.
+    pub principals_file: Option<PathBuf>,
+    /// Append-only JSON Lines file with one line per decryption attempt.
+    /// Default `out/audit/attachments.jsonl`.
+    pub audit_log: PathBuf,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> AttachmentsConfig {
+        AttachmentsConfig {
+            master_key: Secret::default(),
+            master_key_file: None,
+            master_key_id: "ak1".into(),
+            previous_master_key: Secret::default(),
+            previous_master_key_file: None,
+            previous_master_key_id: String::new(),
+            principals_file: None,
+            audit_log: PathBuf::from("out/audit/attachments.jsonl"),
+        }
+    }
+}
+
+impl AttachmentsConfig {
+    /// Reads the master key variables verbatim, when set.
+    fn read_key_variables(&mut self) -> Result<(), ConfigError> {
+        for (variable, key) in [
+            (ATTACHMENTS_MASTER_KEY_VARIABLE, &mut self.master_key),
+            (ATTACHMENTS_PREVIOUS_MASTER_KEY_VARIABLE, &mut self.previous_master_key),
+        ] {
+            match std::env::var(variable) {
+                Ok(text) => *key = Secret::new(text),
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{variable} is not valid UTF-8. Set it to 64 hexadecimal characters or base64 of 32 bytes"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces each key by the contents of its key file, when one is set.
+    fn read_key_files(&mut self) -> Result<(), ConfigError> {
+        for (setting, file, key) in [
+            ("attachments.master_key_file", &self.master_key_file, &mut self.master_key),
+            (
+                "attachments.previous_master_key_file",
+                &self.previous_master_key_file,
+                &mut self.previous_master_key,
+            ),
+        ] {
+            if let Some(path) = file {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                    setting,
+                    path: path.clone(),
+                    source,
+                })?;
+                *key = Secret::new(text.trim());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if let Err(reason) = crate::attachments::envelope::check_key_id(&self.master_key_id) {
+            problems.push(format!("attachments.master_key_id {reason}"));
+        }
+        if !self.master_key.is_empty() {
+            if let Err(reason) = crate::attachments::envelope::decode_key_text(self.master_key.expose()) {
+                problems.push(format!("attachments.master_key {reason}"));
+            }
+        }
+        if !self.previous_master_key.is_empty() {
+            if let Err(reason) = crate::attachments::envelope::decode_key_text(self.previous_master_key.expose()) {
+                problems.push(format!("attachments.previous_master_key {reason}"));
+            }
+            if self.previous_master_key_id.is_empty() {
+                problems.push(
+                    "attachments.previous_master_key is set but previous_master_key_id is empty; set it to the id the previous key had as master_key_id"
+                        .to_string(),
+                );
+            }
+        }
+        if !self.previous_master_key_id.is_empty() {
+            if let Err(reason) = crate::attachments::envelope::check_key_id(&self.previous_master_key_id) {
+                problems.push(format!("attachments.previous_master_key_id {reason}"));
+            }
+            if self.previous_master_key_id == self.master_key_id {
+                problems.push(format!(
+                    "attachments.previous_master_key_id is {:?}, the same as master_key_id; give each key its own id, such as \"ak2\" for the new key",
+                    self.master_key_id
+                ));
+            }
+        }
+        if self.audit_log.as_os_str().is_empty() {
+            problems.push(
+                "attachments.audit_log is empty; set a file path such as \"out/audit/attachments.jsonl\"".to_string(),
+            );
+        }
+    }
+
+    /// Returns the master keys, or an error explaining how to set the
+    /// current one. Checked only by the commands that encrypt or decrypt.
+    pub fn keyring(&self) -> Result<crate::attachments::envelope::Keyring, ConfigError> {
+        use crate::attachments::envelope::{Keyring, MasterKey};
+        if self.master_key.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "attachments.master_key is empty. Set {ATTACHMENTS_MASTER_KEY_VARIABLE} or attachments.master_key_file to 32 random bytes as 64 hexadecimal characters, for example from `openssl rand -hex 32`"
+            )));
+        }
+        let current = MasterKey::parse(&self.master_key_id, self.master_key.expose())
+            .map_err(|reason| ConfigError::Invalid(format!("attachments.master_key {reason}")))?;
+        let previous = if self.previous_master_key.is_empty() {
+            None
+        } else {
+            Some(
+                MasterKey::parse(&self.previous_master_key_id, self.previous_master_key.expose())
+                    .map_err(|reason| ConfigError::Invalid(format!("attachments.previous_master_key {reason}")))?,
+            )
+        };
+        Ok(Keyring { current, previous })
+    }
+}
+
 /// Settings of the programs that fetch or receive platform payloads and
 /// publish them to `raw-events`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -419,6 +576,12 @@ pub enum ConfigError {
     Invalid(String),
     #[error("Could not read the mask key file {path}: {source}.")]
     KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Could not read {setting} {path}: {source}. Check the path, or leave {setting} out.")]
+    SecretFile {
+        setting: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -454,14 +617,20 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // The mask key is left out here and set from `mask_key` below.
-        figment = figment.merge(Env::prefixed("BLAMELESS__").split("__").ignore(&["mask.key"]));
+        // The mask key and the attachment master keys are left out here
+        // and set verbatim below.
+        figment = figment.merge(Env::prefixed("BLAMELESS__").split("__").ignore(&[
+            "mask.key",
+            "attachments.master_key",
+            "attachments.previous_master_key",
+        ]));
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
         if let Some(key) = mask_key {
             config.mask.key = Secret::new(key);
         }
+        config.attachments.read_key_variables()?;
         config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
@@ -475,6 +644,7 @@ impl Config {
             })?;
             self.mask.key = Secret::new(text.trim_end());
         }
+        self.attachments.read_key_files()?;
         Ok(())
     }
 
@@ -528,6 +698,7 @@ impl Config {
         self.sources.http.validate(&mut problems);
         self.sources.genesys.validate(&mut problems);
         self.sources.nice.validate(&mut problems);
+        self.attachments.validate(&mut problems);
         if self.ticket.sink != "outbox" {
             problems.push(format!(
                 "ticket.sink is {:?}; the supported sink is \"outbox\"",
@@ -736,4 +907,101 @@ mod tests {
         assert!(error.contains("normalize.service_rules[0].service is \"Billing Voice\""), "{error}");
         assert!(error.contains("normalize.service_rules[0] has no condition"), "{error}");
     }
+
+    const ATTACHMENT_KEY_HEX: &str = "8f3a1c5e7b9d2f4a6c8e0b1d3f5a7c9e2b4d6f8a0c1e3b5d7f9a2c4e6b8d0f1a";
+
+    #[test]
+    fn attachments_defaults_are_valid() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.attachments.master_key_id, "ak1");
+        assert_eq!(config.attachments.audit_log, PathBuf::from("out/audit/attachments.jsonl"));
+        let error = config.attachments.keyring().unwrap_err().to_string();
+        assert!(error.contains("BLAMELESS__ATTACHMENTS__MASTER_KEY"), "{error}");
+        assert!(error.contains("master_key_file"), "{error}");
+    }
+
+    #[test]
+    fn attachment_key_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = dir.path().join("attachments.key");
+        std::fs::write(&current, format!("{ATTACHMENT_KEY_HEX}\n")).unwrap();
+        let previous = dir.path().join("attachments-previous.key");
+        std::fs::write(&previous, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let path = dir.path().join("blameless.toml");
+        let text = format!(
+            "[attachments]\nmaster_key_file = {:?}\nmaster_key_id = \"ak2\"\nprevious_master_key_file = {:?}\nprevious_master_key_id = \"ak1\"\nprincipals_file = \"principals.toml\"\n",
+            current.display().to_string(),
+            previous.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.attachments.master_key.expose(), ATTACHMENT_KEY_HEX);
+        assert_eq!(config.attachments.principals_file, Some(PathBuf::from("principals.toml")));
+        let keyring = config.attachments.keyring().unwrap();
+        assert_eq!(keyring.current.id(), "ak2");
+        assert_eq!(keyring.previous.as_ref().map(|key| key.id()), Some("ak1"));
+    }
+
+    #[test]
+    fn missing_attachment_key_file_names_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[attachments]\nmaster_key_file = \"/nonexistent/attachments.key\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("attachments.master_key_file /nonexistent/attachments.key"), "{error}");
+    }
+
+    #[test]
+    fn short_attachment_key_is_rejected() {
+        let mut config = Config::default();
+        config.attachments.master_key = Secret::new("00112233445566778899aabbccddeeff");
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("attachments.master_key decodes to 24 bytes"), "{error}");
+        assert!(!error.contains("00112233"), "{error}");
+        assert!(config.attachments.keyring().is_err());
+    }
+
+    #[test]
+    fn previous_attachment_key_needs_own_id() {
+        let mut config = Config::default();
+        config.attachments.master_key = Secret::new(ATTACHMENT_KEY_HEX);
+        config.attachments.previous_master_key = Secret::new(ATTACHMENT_KEY_HEX);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("previous_master_key_id is empty"), "{error}");
+
+        config.attachments.previous_master_key_id = "ak1".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("previous_master_key_id is \"ak1\", the same as master_key_id"), "{error}");
+
+        config.attachments.previous_master_key_id = "ak0".into();
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn invalid_attachment_settings_are_reported() {
+        let mut config = Config::default();
+        config.attachments.master_key_id = "ak/1".into();
+        config.attachments.audit_log = PathBuf::new();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("attachments.master_key_id \"ak/1\" is not a valid master key id"), "{error}");
+        assert!(error.contains("attachments.audit_log is empty"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[attachments]\nmaster_key_path = \"k\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("master_key_path"), "{error}");
+    }
+
+    #[test]
+    fn attachment_keys_never_print() {
+        let mut config = Config::default();
+        config.attachments.master_key = Secret::new(ATTACHMENT_KEY_HEX);
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(ATTACHMENT_KEY_HEX), "{printed}");
+        let keyring = config.attachments.keyring().unwrap();
+        assert!(!format!("{keyring:?}").contains("8f3a"), "{keyring:?}");
+    }
+
 }

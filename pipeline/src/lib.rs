@@ -3,6 +3,7 @@
 //! tickets and a tiered archive.
 
 pub mod app;
+pub mod attachments;
 pub mod codec;
 pub mod config;
 pub mod metrics;

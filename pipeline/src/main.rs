@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 
 use blameless::app;
+use blameless::attachments::audit::AuditLog;
+use blameless::attachments::{decrypt_attachment, AttachmentStore, DecryptRequest};
 use blameless::sources;
 use blameless::stages::ingest;
 use blameless::stages::mask::Masker;
@@ -81,6 +83,55 @@ enum Command {
     Topology {
         #[command(subcommand)]
         action: TopologyAction,
+    },
+    /// Store, list and decrypt incident attachments such as transcripts
+    /// and recordings, kept encrypted in the cold tier (settings:
+    /// [attachments] and archive.cold_url).
+    Attachment {
+        #[command(subcommand)]
+        action: AttachmentAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AttachmentAction {
+    /// Encrypt a file and store it as an attachment of an incident. An
+    /// existing attachment is never replaced.
+    Put {
+        /// Incident id, as in the ticket's incident_id.
+        #[arg(long)]
+        incident: String,
+        /// Attachment name: 1 to 128 ASCII letters, digits, '.', '_' and
+        /// '-', such as call-1234-transcript.txt.
+        #[arg(long)]
+        name: String,
+        /// File to encrypt.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Decrypt an attachment into a new file with mode 0600. Only a
+    /// principal with the incident_commander role may; every attempt is
+    /// written to the audit log (attachments.audit_log).
+    Get {
+        /// Incident id, as in the ticket's incident_id.
+        #[arg(long)]
+        incident: String,
+        /// Attachment name, as shown by `blameless attachment list`.
+        #[arg(long)]
+        name: String,
+        /// File to write. It must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+        /// Principal on whose behalf the attachment is decrypted, as named
+        /// in attachments.principals_file.
+        #[arg(long, env = "BLAMELESS_PRINCIPAL")]
+        principal: String,
+    },
+    /// List the attachments of an incident, without decrypting them.
+    List {
+        /// Incident id, as in the ticket's incident_id.
+        #[arg(long)]
+        incident: String,
     },
 }
 
@@ -182,7 +233,116 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if drifted { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
+        Command::Attachment { action } => run_attachment(&config, action).await,
     }
+}
+
+async fn run_attachment(config: &Config, action: AttachmentAction) -> anyhow::Result<ExitCode> {
+    match action {
+        AttachmentAction::Put { incident, name, file } => {
+            let keyring = config.attachments.keyring()?;
+            let store = AttachmentStore::open(&config.archive.cold_url)?;
+            let plaintext = zeroize::Zeroizing::new(std::fs::read(&file).map_err(|e| {
+                anyhow::anyhow!("could not read --file {}: {e}. Pass a readable file", file.display())
+            })?);
+            let url = store
+                .encrypt_and_store(&keyring.current, &incident, &name, &plaintext)
+                .await?;
+            println!(
+                "Stored {url} ({} bytes encrypted with master key {}).",
+                plaintext.len(),
+                keyring.current.id()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AttachmentAction::Get {
+            incident,
+            name,
+            out,
+            principal,
+        } => {
+            let keyring = config.attachments.keyring()?;
+            let store = AttachmentStore::open(&config.archive.cold_url)?;
+            let audit = AuditLog::new(&config.attachments.audit_log);
+            // The file is created before decryption, so that a plaintext
+            // is never held without a place to write it.
+            let mut output = create_private_file(&out)?;
+            let request = DecryptRequest {
+                principal: &principal,
+                incident_id: &incident,
+                name: &name,
+            };
+            let decrypted = decrypt_attachment(
+                &store,
+                &keyring,
+                config.attachments.principals_file.as_deref(),
+                &audit,
+                request,
+            )
+            .await;
+            let written = decrypted.map_err(anyhow::Error::from).and_then(|plaintext| {
+                output
+                    .write_all(&plaintext)
+                    .and_then(|()| output.sync_all())
+                    .map_err(|e| anyhow::anyhow!("could not write --out {}: {e}", out.display()))?;
+                Ok(plaintext.len())
+            });
+            match written {
+                Ok(length) => {
+                    println!(
+                        "Wrote {length} bytes to {}. The decryption is recorded in {}.",
+                        out.display(),
+                        audit.path().display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    drop(output);
+                    let _ = std::fs::remove_file(&out);
+                    Err(error)
+                }
+            }
+        }
+        AttachmentAction::List { incident } => {
+            let store = AttachmentStore::open(&config.archive.cold_url)?;
+            let attachments = store.list(&incident).await?;
+            if attachments.is_empty() {
+                eprintln!("Incident {incident} has no attachments in {}.", config.archive.cold_url);
+            }
+            for attachment in attachments {
+                println!(
+                    "{}\t{} bytes\t{}",
+                    attachment.name,
+                    attachment.encrypted_bytes,
+                    attachment.last_modified.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Creates `path` for writing, readable and writable by its owner only. An
+/// existing file is an error: opening it would keep its old, possibly wider,
+/// permissions.
+fn create_private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "--out {} already exists. Choose a new path or remove the file; it is never overwritten, so that the plaintext gets a file with mode 0600",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("could not create --out {}: {e}", path.display())
+        }
+    })
 }
 
 /// Prints the normalized (or, with a masker, masked) events of every payload
