@@ -190,7 +190,7 @@ impl Masker {
         attributes: BTreeMap<String, String>,
         scrubber: &Scrubber<'_>,
     ) -> (BTreeMap<String, String>, Vec<String>) {
-        let mut kept = BTreeMap::new();
+        let mut allowed = BTreeMap::new();
         let mut dropped = Vec::new();
         for (name, value) in attributes {
             let masked = match allow_list::treatment(&name) {
@@ -202,9 +202,9 @@ impl Masker {
                     continue;
                 }
             };
-            kept.insert(name, masked);
+            allowed.insert(name, masked);
         }
-        (kept, dropped)
+        (allowed, dropped)
     }
 }
 
@@ -472,6 +472,73 @@ mod tests {
         assert_eq!(masked.attributes["dnis"], phone);
         assert_eq!(masked.attributes["provider"], format!("Edge [PHONE:{phone}]"));
         assert_eq!(masked.attributes["queue_id"], "e6ab4bb2-1b6e-4e4f-9d32-2a1b3c4d5e6f");
+    }
+
+    #[tokio::test]
+    async fn rotation_fields_round_trip_in_avro() {
+        let codec = crate::codec::Codec::single_object().unwrap();
+        let during = Masker::new(Secret::new(NEW_KEY), "k2").with_previous_key(Secret::new(OLD_KEY), "k1");
+        let mut input = event();
+        input.attributes = [("user_name".to_string(), "Dana".to_string())].into();
+        let masked = during.mask(input);
+        assert_eq!(masked.dropped_attribute_count, 1);
+
+        let bytes = codec.encode(MASKED, &Record::Masked(masked.clone())).await.unwrap();
+        let decoded: MaskedEvent = codec.decode(RecordKind::Masked, &bytes).await.unwrap();
+        assert_eq!(decoded, masked);
+    }
+
+    /// Encodes `record` with `writer` and decodes it with `reader`, as a
+    /// consumer with a schema registry does when the two differ.
+    fn resolve(
+        record: apache_avro::types::Value,
+        writer: &apache_avro::Schema,
+        reader: &apache_avro::Schema,
+    ) -> MaskedEvent {
+        use apache_avro::reader::datum::GenericDatumReader;
+        use apache_avro::writer::datum::GenericDatumWriter;
+
+        let value = record.resolve(writer).unwrap();
+        let bytes = GenericDatumWriter::builder(writer).build().unwrap().write_value_to_vec(value).unwrap();
+        let read = GenericDatumReader::builder(writer)
+            .maybe_reader_schema(Some(reader))
+            .build()
+            .unwrap()
+            .read_value(&mut &bytes[..])
+            .unwrap();
+        apache_avro::from_value(&read).unwrap()
+    }
+
+    #[test]
+    fn masked_schema_resolves_across_versions() {
+        const NEW_FIELDS: [&str; 2] = ["previous_pseudonyms", "dropped_attribute_count"];
+        let new_schema = apache_avro::Schema::parse_str(RecordKind::Masked.schema_text()).unwrap();
+        let mut old_json: serde_json::Value = serde_json::from_str(RecordKind::Masked.schema_text()).unwrap();
+        old_json["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|field| !NEW_FIELDS.contains(&field["name"].as_str().unwrap_or_default()));
+        let old_schema = apache_avro::Schema::parse_str(&old_json.to_string()).unwrap();
+
+        let during = Masker::new(Secret::new(NEW_KEY), "k2").with_previous_key(Secret::new(OLD_KEY), "k1");
+        let mut input = event();
+        input.attributes = [("user_name".to_string(), "Dana".to_string())].into();
+        let masked = during.mask(input);
+
+        // A record of the old schema reads with the defaults.
+        let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&masked).unwrap() else {
+            panic!("a masked event serializes to an Avro record");
+        };
+        fields.retain(|(name, _)| !NEW_FIELDS.contains(&name.as_str()));
+        let read = resolve(apache_avro::types::Value::Record(fields), &old_schema, &new_schema);
+        assert_eq!(read.previous_pseudonyms, None);
+        assert_eq!(read.dropped_attribute_count, 0);
+        assert_eq!(read.agent_pseudonym, masked.agent_pseudonym);
+
+        // A reader with the old schema skips the new fields.
+        let read = resolve(apache_avro::to_value(&masked).unwrap(), &new_schema, &old_schema);
+        assert_eq!(read.previous_pseudonyms, None);
+        assert_eq!(read.agent_pseudonym, masked.agent_pseudonym);
     }
 
     /// Names of the attributes the sources write, read from their code:
