@@ -33,8 +33,7 @@ pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>
     Ok(match name {
         "normalize" => Box::new(NormalizeStage::new(&config.normalize)),
         "mask" => {
-            let key = config.mask_key()?.clone();
-            Box::new(MaskStage::new(Masker::new(key, config.mask.key_id.clone())))
+            Box::new(MaskStage::new(Masker::from_config(config)?))
         }
         "window" => Box::new(WindowStage::new(WindowRules::from(&config.window))),
         "archive" => Box::new(ArchiveStage::new(ArchiveStore::open(&config.archive.url)?)),
@@ -100,7 +99,7 @@ pub struct EmbeddedReport {
 /// Runs the whole topology in this process over the in-memory log, from
 /// `input` to tickets and archive, and reports what happened.
 pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<EmbeddedReport> {
-    config.mask_key()?;
+    Masker::from_config(config)?;
     let delivered = ingest::read_input(input)?;
     let topology = Topology::load_default();
     let log = MemoryLog::new();

@@ -18,8 +18,8 @@ pub struct Secret(String);
 
 /// Accepts a TOML number or boolean too and keeps its text, because
 /// librdkafka properties in `kafka.client_properties` are naturally written
-/// as `"linger.ms" = 5` or `"enable.idempotence" = true`. The mask key from
-/// the environment does not go through here: [`Config::load`] takes it
+/// as `"linger.ms" = 5` or `"enable.idempotence" = true`. The mask keys
+/// from the environment do not go through here: [`Config::load`] takes them
 /// verbatim.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
@@ -95,6 +95,13 @@ pub const MASK_KEY_VARIABLE: &str = "BLAMELESS__MASK__KEY";
 /// of digits and one `e` would otherwise arrive as a TOML float.
 pub const ATTACHMENTS_MASTER_KEY_VARIABLE: &str = "BLAMELESS__ATTACHMENTS__MASTER_KEY";
 pub const ATTACHMENTS_PREVIOUS_MASTER_KEY_VARIABLE: &str = "BLAMELESS__ATTACHMENTS__PREVIOUS_MASTER_KEY";
+
+/// Environment variable whose exact text is the previous mask key during a
+/// key rotation, taken verbatim like [`MASK_KEY_VARIABLE`].
+pub const PREVIOUS_MASK_KEY_VARIABLE: &str = "BLAMELESS__MASK__PREVIOUS_KEY";
+
+/// Minimum characters of a mask key.
+pub const MIN_MASK_KEY_CHARS: usize = 16;
 
 /// Largest accepted value of the duration settings in seconds
 /// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
@@ -202,8 +209,22 @@ pub struct MaskConfig {
     /// A file holding the key (trailing whitespace is ignored).
     pub key_file: Option<PathBuf>,
     /// Id of the key, written with every masked record so a key rotation can
-    /// be distinguished. Default `k1`.
+    /// be distinguished. Letters, digits, `.`, `_` and `-`, at most 32
+    /// characters. Default `k1`.
     pub key_id: String,
+    /// The key that was active before `key`, kept during a key rotation so
+    /// each masked event also carries its pseudonyms under it. Set it
+    /// through `BLAMELESS__MASK__PREVIOUS_KEY` or `previous_key_file`.
+    /// Default empty (no rotation in progress).
+    pub previous_key: Secret,
+    /// A file holding the previous key (trailing whitespace is ignored).
+    pub previous_key_file: Option<PathBuf>,
+    /// Id of the previous key. Required when a previous key is set.
+    pub previous_key_id: Option<String>,
+    /// ISO 3166-1 alpha-2 code of the country whose national format phone
+    /// numbers without `+` or `00` are read in, such as `US` or `GB`.
+    /// Default `US`.
+    pub default_country: String,
 }
 
 impl Default for MaskConfig {
@@ -212,8 +233,77 @@ impl Default for MaskConfig {
             key: Secret::default(),
             key_file: None,
             key_id: "k1".into(),
+            previous_key: Secret::default(),
+            previous_key_file: None,
+            previous_key_id: None,
+            default_country: "US".into(),
         }
     }
+}
+
+impl MaskConfig {
+    /// Returns the default country of phone numbers, or an error naming
+    /// the invalid code.
+    pub fn default_country_id(&self) -> Result<phonenumber::country::Id, ConfigError> {
+        self.default_country.trim().to_ascii_uppercase().parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "mask.default_country is {:?}, which is not an ISO 3166-1 alpha-2 country code; set one such as \"US\" or \"GB\"",
+                self.default_country
+            ))
+        })
+    }
+
+    /// Adds the problems of the `[mask]` section to `problems`. The active
+    /// key itself is checked by [`Config::mask_key`], because only the
+    /// commands that mask need it.
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !valid_key_id(&self.key_id) {
+            problems.push(format!(
+                "mask.key_id is {:?}; set 1 to 32 letters, digits, '.', '_' or '-' such as \"k2\"",
+                self.key_id
+            ));
+        }
+        if let Err(ConfigError::Invalid(problem)) = self.default_country_id() {
+            problems.push(problem);
+        }
+        let previous_id = self.previous_key_id.as_deref();
+        if self.previous_key.is_empty() {
+            if let Some(id) = previous_id {
+                problems.push(format!(
+                    "mask.previous_key_id is {id:?} but no previous key is set; set {PREVIOUS_MASK_KEY_VARIABLE} or mask.previous_key_file during a key rotation, or remove mask.previous_key_id when the rotation is over"
+                ));
+            }
+            return;
+        }
+        match previous_id {
+            None => problems.push(
+                "mask.previous_key is set but mask.previous_key_id is not; set it to the id the previous key's pseudonyms carry, such as \"k1\"".to_string(),
+            ),
+            Some(id) if !valid_key_id(id) => problems.push(format!(
+                "mask.previous_key_id is {id:?}; set 1 to 32 letters, digits, '.', '_' or '-' such as \"k1\""
+            )),
+            Some(id) if id == self.key_id => problems.push(format!(
+                "mask.previous_key_id and mask.key_id are both {id:?}; give the new key a new id such as \"k2\", so pseudonyms of the two keys can be told apart"
+            )),
+            Some(_) => {}
+        }
+        if self.previous_key.expose().chars().count() < MIN_MASK_KEY_CHARS {
+            problems.push(format!(
+                "mask.previous_key is shorter than {MIN_MASK_KEY_CHARS} characters; set the key that was active before the rotation"
+            ));
+        }
+        if self.previous_key == self.key {
+            problems.push(
+                "mask.previous_key is the same as mask.key; a rotation needs a new random key in mask.key and the old one in mask.previous_key".to_string(),
+            );
+        }
+    }
+}
+
+/// Returns whether a key id can be written into pseudonyms such as
+/// `agent_<key id>_<hex>`.
+fn valid_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -574,7 +664,7 @@ pub struct SourcesConfig {
 pub enum ConfigError {
     #[error("Configuration is invalid: {0}")]
     Invalid(String),
-    #[error("Could not read the mask key file {path}: {source}.")]
+    #[error("Could not read the mask key file {path}: {source}. Check the path in mask.key_file or mask.previous_key_file and the file's permissions.")]
     KeyFile {
         path: PathBuf,
         source: std::io::Error,
@@ -589,24 +679,30 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads defaults, then `file` when given, then `BLAMELESS__` variables.
-    /// The mask key variable is taken verbatim.
+    /// The mask key variables are taken verbatim.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mask_key = match std::env::var(MASK_KEY_VARIABLE) {
-            Ok(key) => Some(key),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(ConfigError::Invalid(format!(
-                    "{MASK_KEY_VARIABLE} is not valid UTF-8. Set it to a text secret of at least 16 characters"
-                )))
-            }
-        };
-        Config::load_with_mask_key(file, mask_key)
+        let mask_key = read_verbatim(MASK_KEY_VARIABLE)?;
+        let previous_mask_key = read_verbatim(PREVIOUS_MASK_KEY_VARIABLE)?;
+        Config::load_with_mask_keys(file, mask_key, previous_mask_key)
     }
 
     /// Loads like [`Config::load`], with `mask_key` standing for the value
     /// of `BLAMELESS__MASK__KEY`, which is then used as the key exactly as
-    /// given. `mask.key_file`, when set, still replaces it.
+    /// given, and no previous key from the environment. `mask.key_file`,
+    /// when set, still replaces it.
     pub fn load_with_mask_key(file: Option<&Path>, mask_key: Option<String>) -> Result<Config, ConfigError> {
+        Config::load_with_mask_keys(file, mask_key, None)
+    }
+
+    /// Loads like [`Config::load`], with `mask_key` and `previous_mask_key`
+    /// standing for the values of `BLAMELESS__MASK__KEY` and
+    /// `BLAMELESS__MASK__PREVIOUS_KEY`. `mask.key_file` and
+    /// `mask.previous_key_file`, when set, still replace them.
+    pub fn load_with_mask_keys(
+        file: Option<&Path>,
+        mask_key: Option<String>,
+        previous_mask_key: Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -617,10 +713,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        // The mask key and the attachment master keys are left out here
+        // The mask keys and the attachment master keys are left out here
         // and set verbatim below.
         figment = figment.merge(Env::prefixed("BLAMELESS__").split("__").ignore(&[
             "mask.key",
+            "mask.previous_key",
             "attachments.master_key",
             "attachments.previous_master_key",
         ]));
@@ -630,6 +727,9 @@ impl Config {
         if let Some(key) = mask_key {
             config.mask.key = Secret::new(key);
         }
+        if let Some(key) = previous_mask_key {
+            config.mask.previous_key = Secret::new(key);
+        }
         config.attachments.read_key_variables()?;
         config.resolve_secrets()?;
         config.validate()?;
@@ -638,11 +738,10 @@ impl Config {
 
     fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.mask.key_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
-                path: path.clone(),
-                source,
-            })?;
-            self.mask.key = Secret::new(text.trim_end());
+            self.mask.key = read_key_file(path)?;
+        }
+        if let Some(path) = &self.mask.previous_key_file {
+            self.mask.previous_key = read_key_file(path)?;
         }
         self.attachments.read_key_files()?;
         Ok(())
@@ -708,6 +807,7 @@ impl Config {
         if self.stage.batch_max_records == 0 {
             problems.push("stage.batch_max_records is 0; set 1 or more".to_string());
         }
+        self.mask.validate(&mut problems);
         if self.ingest.max_payload_bytes == 0 {
             problems.push(format!(
                 "ingest.max_payload_bytes is 0; set a size in bytes such as {DEFAULT_MAX_PAYLOAD_BYTES}"
@@ -727,13 +827,51 @@ impl Config {
                 "mask.key is empty. Set BLAMELESS__MASK__KEY or mask.key_file to a secret of at least 16 characters".into(),
             ));
         }
-        if self.mask.key.expose().len() < 16 {
+        if self.mask.key.expose().len() < MIN_MASK_KEY_CHARS {
             return Err(ConfigError::Invalid(
                 "mask.key is shorter than 16 characters. Use a random secret of at least 16 characters".into(),
             ));
         }
         Ok(&self.mask.key)
     }
+
+    /// Returns the previous mask key and its id while a key rotation is in
+    /// progress, `None` when no previous key is set, or an error when the
+    /// `[mask]` section is invalid.
+    pub fn previous_mask_key(&self) -> Result<Option<(&Secret, &str)>, ConfigError> {
+        let mut problems = Vec::new();
+        self.mask.validate(&mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("; ")));
+        }
+        if self.mask.previous_key.is_empty() {
+            return Ok(None);
+        }
+        // `validate` requires the id whenever the key is set.
+        let id = self.mask.previous_key_id.as_deref().unwrap_or_default();
+        Ok(Some((&self.mask.previous_key, id)))
+    }
+}
+
+/// Returns the value of an environment variable exactly as set, or `None`
+/// when it is not set.
+fn read_verbatim(variable: &str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(variable) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Invalid(format!(
+            "{variable} is not valid UTF-8. Set it to a text secret of at least {MIN_MASK_KEY_CHARS} characters"
+        ))),
+    }
+}
+
+/// Reads a key file, ignoring trailing whitespace such as the final newline.
+fn read_key_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim_end()))
 }
 
 /// Formats every error of a figment extraction, one after another. Keys
@@ -894,6 +1032,82 @@ mod tests {
         let mut config = Config::default();
         config.mask.key = Secret::new("short");
         assert!(config.mask_key().is_err());
+    }
+
+    #[test]
+    fn previous_key_from_environment_is_verbatim() {
+        let keys = ["1234567890123456.0", "\"quoted-old-key-0123456789\"", " spaced old key 0123456789 "];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, "[mask]\nkey_id = \"k2\"\nprevious_key_id = \"k1\"\n").unwrap();
+        for key in keys {
+            let config =
+                Config::load_with_mask_keys(Some(&path), Some("new-key-0123456789".into()), Some(key.to_string()))
+                    .unwrap();
+            assert_eq!(config.mask.previous_key.expose(), key);
+            let (previous, id) = config.previous_mask_key().unwrap().unwrap();
+            assert_eq!(previous.expose(), key);
+            assert_eq!(id, "k1");
+        }
+    }
+
+    #[test]
+    fn previous_key_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("previous.key");
+        std::fs::write(&key_file, "old-file-key-0123456789\n").unwrap();
+        let path = dir.path().join("blameless.toml");
+        let text = format!(
+            "[mask]\nkey_id = \"k2\"\nprevious_key_id = \"k1\"\nprevious_key_file = {:?}\n",
+            key_file.display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load_with_mask_keys(Some(&path), Some("new-key-0123456789".into()), None).unwrap();
+        assert_eq!(config.mask.previous_key.expose(), "old-file-key-0123456789");
+        assert!(!format!("{:?}", config.mask).contains("old-file-key"));
+    }
+
+    #[test]
+    fn no_previous_key_means_no_rotation() {
+        let config = Config::load_with_mask_keys(None, Some("new-key-0123456789".into()), None).unwrap();
+        assert!(config.previous_mask_key().unwrap().is_none());
+    }
+
+    #[test]
+    fn invalid_rotation_settings_are_reported() {
+        let cases: [(&str, &str, Option<&str>, &str); 5] = [
+            ("old-key-0123456789", "k1", None, "mask.previous_key_id is not"),
+            ("old-key-0123456789", "k1", Some("k1"), "mask.previous_key_id and mask.key_id are both \"k1\""),
+            ("short", "k2", Some("k1"), "mask.previous_key is shorter than 16 characters"),
+            ("new-key-0123456789", "k2", Some("k1"), "mask.previous_key is the same as mask.key"),
+            ("", "k2", Some("k1"), "mask.previous_key_id is \"k1\" but no previous key is set"),
+        ];
+        for (previous_key, key_id, previous_key_id, expected) in cases {
+            let mut config = Config::default();
+            config.mask.key = Secret::new("new-key-0123456789");
+            config.mask.key_id = key_id.into();
+            config.mask.previous_key = Secret::new(previous_key);
+            config.mask.previous_key_id = previous_key_id.map(str::to_string);
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{expected}: {error}");
+            assert!(config.previous_mask_key().is_err(), "{expected}");
+            assert!(!error.contains("0123456789"), "a key is in the message: {error}");
+        }
+    }
+
+    #[test]
+    fn mask_key_id_and_country_are_checked() {
+        let mut config = Config::default();
+        config.mask.key_id = "k 1/x".into();
+        config.mask.default_country = "USA".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("mask.key_id is \"k 1/x\""), "{error}");
+        assert!(error.contains("mask.default_country is \"USA\""), "{error}");
+
+        config.mask.key_id = "2026-01.b".into();
+        config.mask.default_country = "gb".into();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.mask.default_country_id().unwrap(), phonenumber::country::Id::GB);
     }
 
     #[test]

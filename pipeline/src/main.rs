@@ -206,7 +206,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Normalize { input } => print_events(&config, &input, None),
         Command::Mask { input } => {
-            let masker = Masker::new(config.mask_key()?.clone(), config.mask.key_id.clone());
+            let masker = Masker::from_config(&config)?;
             print_events(&config, &input, Some(&masker))
         }
         Command::Source { kind } => {

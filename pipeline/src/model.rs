@@ -75,6 +75,25 @@ pub struct MaskedEvent {
     pub dependency: Option<DependencyCheck>,
     pub attributes: BTreeMap<String, String>,
     pub message: Option<String>,
+    /// The pseudonyms under the previous mask key, while a key rotation is
+    /// in progress, so events can be joined across the rotation. `None`
+    /// when no previous key is configured, and in records written before
+    /// the field existed.
+    #[serde(default)]
+    pub previous_pseudonyms: Option<PreviousPseudonyms>,
+    /// Attributes of the normalized event that the mask stage dropped
+    /// because they are not on its allow-list.
+    #[serde(default)]
+    pub dropped_attribute_count: i64,
+}
+
+/// The pseudonyms of a masked event under the previous mask key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousPseudonyms {
+    pub key_id: String,
+    pub agent_pseudonym: Option<String>,
+    pub phone_pseudonym: Option<String>,
+    pub customer_pseudonym: Option<String>,
 }
 
 /// Last known status of one dependency, as carried by an incident.
@@ -253,5 +272,7 @@ pub(crate) fn test_masked_event(service: &str, event_type: &str, time_ms: i64) -
         dependency: None,
         attributes: BTreeMap::new(),
         message: None,
+        previous_pseudonyms: None,
+        dropped_attribute_count: 0,
     }
 }
