@@ -19,7 +19,7 @@ pub enum Treatment {
 
 /// Allowed attribute names and their treatment, as the sources in
 /// `pipeline/src/sources/` and the normalize stage write them.
-pub const ALLOWED_ATTRIBUTES: [(&str, Treatment); 43] = [
+pub const ALLOWED_ATTRIBUTES: [(&str, Treatment); 47] = [
     // Genesys Cloud CX detail events and conversations.
     ("genesys_event", Treatment::Scrub),
     ("media_type", Treatment::Scrub),
@@ -66,6 +66,11 @@ pub const ALLOWED_ATTRIBUTES: [(&str, Treatment); 43] = [
     ("previous_agents_available", Treatment::Scrub),
     ("availability_drop_share", Treatment::Scrub),
     ("availability_drop_threshold", Treatment::Scrub),
+    // NICE agent states, counted per skill.
+    ("agents_total", Treatment::Scrub),
+    ("agents_acw", Treatment::Scrub),
+    ("agents_outbound", Treatment::Scrub),
+    ("agent_states", Treatment::Scrub),
     // Datadog Synthetics and Pingdom checks.
     ("alert_transition", Treatment::Scrub),
     ("datadog_event_type", Treatment::Scrub),
