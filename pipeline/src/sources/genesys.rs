@@ -592,6 +592,33 @@ mod tests {
         assert_eq!(event.affected_service, "chat_inbound");
     }
 
+    #[test]
+    fn chat_end_without_disconnect_is_completed() {
+        let event = normalize_fixture(&format!("{FIXTURES}eventbridge-detail-customer-end-chat-blueprint-fixture.json"));
+        assert_eq!(event.event_type, "call_completed");
+        assert_eq!(event.total_contacts, 1);
+        assert_eq!(event.affected_service, "chat_inbound");
+        assert_eq!(event.touchpoint.as_deref(), Some("webchat"));
+        assert_eq!(event.conversation_id.as_deref(), Some("ce700481-96e2-5407-a91b-12246842f515"));
+        assert_eq!(event.customer_id.as_deref(), Some("7afc4434-9dfb-5032-9062-38c4cf2379cb"));
+        assert_eq!(event.event_time_ms, 1_649_237_504_949);
+        assert_eq!(event.attributes["provider"], "PureCloud Webchat v2");
+        assert_eq!(event.phone_number, None);
+    }
+
+    #[test]
+    fn notification_api_message_matches_eventbridge() {
+        let text = std::fs::read_to_string(format!("{FIXTURES}notification-api-detail-customer-end-voice.json")).unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(super::super::recognize(&value), super::super::Source::GenesysNotification);
+        let from_notification = normalize(&raw(&text), &value).unwrap().remove(0);
+        let from_eventbridge = normalize_fixture(&format!("{FIXTURES}eventbridge-detail-customer-end-voice.json"));
+        assert_eq!(from_notification.event_type, "call_completed");
+        assert_eq!(from_notification.attributes["dnis"], "+15555550000");
+        // One event delivered both ways gets one id, so the dedupe keeps one.
+        assert_eq!(from_notification.event_id, from_eventbridge.event_id);
+    }
+
     const CRAFTED_NAME: &str = "Callback line +1 317 999 0001 owner leakme.person@example.org";
 
     fn body_event(body: &str) -> Result<Vec<NormalizedEvent>, String> {
