@@ -356,7 +356,8 @@ fn operational_event(raw: &RawEvent, topic: &str, body: &Value) -> Result<Vec<No
         total_contacts: 0,
         dependency: None,
         attributes,
-        message: scrubbed_text_field(body, "errorMessage"),
+        // Free text stays as sent: the mask stage scrubs it with the key.
+        message: text_field(body, "errorMessage"),
     }])
 }
 
@@ -481,7 +482,9 @@ fn conversation_snapshot(raw: &RawEvent, body: &Value, origin: &str) -> Result<V
         total_contacts: 1,
         dependency: None,
         attributes,
-        message: None,
+        // The customer leg's error text stays as sent: the mask stage scrubs
+        // it with the key.
+        message: customer_error.and_then(|error| text_field(error, "message")),
     }])
 }
 
@@ -719,6 +722,7 @@ mod tests {
         assert_eq!(event.attributes["queue_id"], "q-1");
         assert_eq!(event.attributes["leg_error_codes"], "error.trunk.unreachable");
         assert_eq!(event.attributes["dnis"], "+13175550199");
+        assert_eq!(event.message, None);
     }
 
     #[test]
