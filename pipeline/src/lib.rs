@@ -5,6 +5,7 @@
 pub mod app;
 pub mod codec;
 pub mod config;
+pub mod governance;
 pub mod metrics;
 pub mod model;
 pub mod publish;
