@@ -26,7 +26,7 @@
 //!   the name of a dependency check passes.
 //!
 //! NOTE: a person's name in free text, such as "Dana called twice", is not
-//! detected: nothing tells it apart from other capitalized words.
+//! detected, because no pattern separates it from other capitalized words.
 
 use std::sync::LazyLock;
 
