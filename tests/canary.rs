@@ -88,7 +88,8 @@ fn caller_email(n: u32) -> String {
     format!("caller.{TEXT_MARKER}.{n}@example.net")
 }
 
-/// A conversation id: kept by the pipeline, so it is no canary.
+/// Returns a conversation id. The pipeline keeps conversation ids, so they
+/// are no canaries.
 fn conversation_id(n: u32) -> String {
     format!("7c0e0000-0000-4000-8000-{n:012}")
 }
@@ -164,7 +165,7 @@ fn eventbridge(event: &str, conversation: &str, body: Value, time_ms: i64) -> Va
     })
 }
 
-/// A Genesys detail event as one Notification API message, as in
+/// Wraps a Genesys detail event as one Notification API message, as in
 /// tests/fixtures/genesys/notification-api-detail-customer-end-voice.json.
 fn notification(event: &str, conversation: &str, body: Value) -> Value {
     json!({
@@ -175,7 +176,7 @@ fn notification(event: &str, conversation: &str, body: Value) -> Value {
     })
 }
 
-/// The eventBody of a voice `customer.end`.
+/// Builds the eventBody of a voice `customer.end`.
 fn customer_end_body(conversation: &str, caller: u32, ani: &str, disconnect: &str, time_ms: i64) -> Value {
     json!({
         "eventTime": time_ms,
@@ -194,7 +195,7 @@ fn customer_end_body(conversation: &str, caller: u32, ani: &str, disconnect: &st
     })
 }
 
-/// A call from the Conversations API (`GET /api/v2/conversations/calls/{id}`)
+/// Builds a call from the Conversations API (`GET /api/v2/conversations/calls/{id}`)
 /// whose customer leg ended in an error, with names on the legs and the
 /// error message quoting the caller's number and email.
 fn conversation_call(conversation: &str, caller: u32, agent: u32, end_ms: i64) -> Value {
@@ -255,7 +256,7 @@ fn conversation_call(conversation: &str, caller: u32, agent: u32, end_ms: i64) -
     })
 }
 
-/// A NICE CXone skill summary poll in its capture record, with a skill name
+/// Builds a NICE CXone skill summary poll in its capture record, with a skill name
 /// that quotes a phone number and an email.
 fn nice_poll(interval_end_ms: i64, failing: bool) -> Value {
     let (level, out_of_sla) = if failing { ("41", "30") } else { ("96", "0") };
@@ -360,7 +361,7 @@ fn datadog(transition: &str, time_ms: i64) -> Value {
     })
 }
 
-/// A Genesys operational event about a failing data action, whose entity
+/// Builds a Genesys operational event about a failing data action, whose entity
 /// name and error message quote a caller.
 fn operational_event(time_ms: i64) -> Value {
     json!({
@@ -520,7 +521,9 @@ fn malformed(c: &mut Canaries) {
     body["eventTime"] = json!("yesterday");
     c.lines.push((time + 1, notification("customer.end", &conversation_id(9_002), body)));
 
-    // A batch of two messages as one JSON array.
+    // A batch of three messages as one JSON array. NOTE: an array of exactly
+    // two objects is not rejected, because the ingest stage reads it as a
+    // capture record (`capture`, then `payload`) and normalizes the second.
     let first = notification(
         "customer.end",
         &conversation_id(9_003),
@@ -531,7 +534,12 @@ fn malformed(c: &mut Canaries) {
         &conversation_id(9_004),
         customer_end_body(&conversation_id(9_004), 924, &national(924), "ERROR", time),
     );
-    c.lines.push((time + 2, json!([first, second])));
+    let third = notification(
+        "customer.end",
+        &conversation_id(9_006),
+        customer_end_body(&conversation_id(9_006), 928, &format!("tel:{}", e164(928)), "ERROR", time),
+    );
+    c.lines.push((time + 2, json!([first, second, third])));
 
     // An object of unknown shape: a telephony webhook sent to the wrong
     // receiver.
@@ -544,6 +552,10 @@ fn malformed(c: &mut Canaries) {
     let mut body = customer_end_body(&conversation_id(9_005), 926, &format!("tel:{}", e164(926)), "ERROR", time);
     body["userId"] = json!(agent_id(926));
     let whole = eventbridge("customer.end", &conversation_id(9_005), body, time).to_string();
+    // The cut keeps `conversationExternalContactIds`, an array under a
+    // personal key. NOTE: scrub.rs redacts only string values in text that
+    // is not JSON, so the ids' letters reach the dead letter and this test
+    // fails until it redacts arrays too.
     let cut = whole.find("\"interactingDurationMs\"").unwrap();
     c.broken_lines.push(whole[..cut].to_string());
     c.broken_lines.push(format!("caller {} ({}) wrote from {}", national(927), e164(927), caller_email(927)));
@@ -553,7 +565,7 @@ fn malformed(c: &mut Canaries) {
 /// per-agent states.
 const EXPECTED_REJECTS: usize = 7;
 
-/// Every canary value, in the spellings the scan looks for. Each phone
+/// Returns every canary value, in the spellings the scan looks for. Each phone
 /// number appears as `tel:+1...`, `+1...`, `1...`, the 10 national digits
 /// and `(317) 555-0NNN`.
 fn verbatim_canaries(c: &Canaries) -> BTreeSet<String> {
@@ -566,8 +578,8 @@ fn verbatim_canaries(c: &Canaries) -> BTreeSet<String> {
         text.push_str(line);
     }
     // Callers are numbers 0 to CALLERS - 1, and the numbers quoted in free
-    // text and the other fields are 901 to 912 and 921 to 927.
-    for n in (0..CALLERS).chain(901..=912).chain(921..=927) {
+    // text and the other fields are 901 to 912 and 921 to 928.
+    for n in (0..CALLERS).chain(901..=912).chain(921..=928) {
         let digits = national_digits(n);
         let digits = digits.as_str();
         assert!(text.contains(digits) || text.contains(&national(n)), "number {n} is not planted");
@@ -592,7 +604,7 @@ fn verbatim_canaries(c: &Canaries) -> BTreeSet<String> {
     all
 }
 
-/// The squeezed forms the scan looks for in text with every character but
+/// Returns the squeezed forms the scan looks for in text with every character but
 /// letters and digits removed and letters in lower case: the national
 /// digits of each number, each id without hyphens, and the markers.
 fn squeezed_canaries(verbatim: &BTreeSet<String>) -> BTreeSet<String> {
@@ -709,7 +721,8 @@ async fn topic_haystacks(cluster: &TestCluster, codec: &Codec, name: &str, kind:
     haystacks
 }
 
-/// Every file under `root`, Avro container files decoded, and every path.
+/// Returns every file under `root`, Avro container files decoded, and
+/// every path.
 fn file_haystacks(root: &Path) -> Vec<Haystack> {
     let mut haystacks = Vec::new();
     for (path, bytes) in common::files_under(root) {
