@@ -6,6 +6,7 @@ pub mod app;
 pub mod attachments;
 pub mod codec;
 pub mod config;
+pub mod governance;
 pub mod metrics;
 pub mod model;
 pub mod publish;

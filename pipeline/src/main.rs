@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand};
 
 use std::io::Write;
 
+use anyhow::Context;
 use blameless::app;
 use blameless::attachments::audit::AuditLog;
 use blameless::attachments::{decrypt_attachment, AttachmentStore, DecryptRequest};
+use blameless::governance;
 use blameless::sources;
 use blameless::stages::ingest;
 use blameless::stages::mask::Masker;
@@ -78,6 +80,15 @@ enum Command {
     Source {
         #[command(subcommand)]
         kind: SourceKind,
+    },
+    /// Check a postmortem draft or a ticket payload for personal data and
+    /// per-person figures. Prints one finding per line and exits with status
+    /// 1 when there is any.
+    Check {
+        /// The document: a JSON file is checked key by key, any other file
+        /// line by line as text.
+        #[arg(long)]
+        input: PathBuf,
     },
     /// Manage the topics of topology/.
     Topology {
@@ -182,6 +193,10 @@ fn init_tracing() {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The check reads no configuration, so it works without a mask key.
+    if let Command::Check { input } = &cli.command {
+        return check_document(input);
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Run { embedded: _, input, out } => {
@@ -217,6 +232,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check { .. } => unreachable!("the check returned before the configuration was loaded"),
         Command::Topology { action: TopologyAction::Apply } => {
             let topology = Topology::load_default();
             let report = apply_topology(&config.kafka, &topology, &config.kafka.topic_prefix).await?;
@@ -343,6 +359,29 @@ fn create_private_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> 
             anyhow::anyhow!("could not create --out {}: {e}", path.display())
         }
     })
+}
+
+/// Runs the blameless-document check on a file and prints its findings.
+fn check_document(input: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(input).with_context(|| format!("failed to read {}", input.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text; the check reads text and JSON files only", input.display()))?;
+    let findings = governance::check_document(&text);
+    let mut stdout = std::io::stdout().lock();
+    for finding in &findings {
+        writeln!(stdout, "{}: {finding}", input.display())?;
+    }
+    if findings.is_empty() {
+        eprintln!("{}: no personal data or per-person figures found.", input.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "{}: {} findings. Reviews use aggregate metrics only: remove or aggregate the flagged values.",
+            input.display(),
+            findings.len()
+        );
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// Prints the normalized (or, with a masker, masked) events of every payload

@@ -14,6 +14,12 @@
 //! second. A ticket found in the sink but not in this process's ledger gets
 //! its `created` ledger record sent again, so a stop between writing the
 //! ticket and acknowledging the ledger record loses no ledger entry.
+//!
+//! Every new or updated payload first passes the blameless-document check
+//! (`governance.rs`). A payload with personal data or per-person figures is
+//! not sent: the incident goes to the dead-letter topic with the check's
+//! findings as the reason, no snapshot or ticket is written, and the stage
+//! goes on with the next record.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +28,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::governance;
 use crate::model::{DependencyStatus, IncidentEvent, Record, RecordKind, TicketRecord};
 use crate::stages::archive::{snapshot_folder, write_snapshot, ArchiveStore};
 use crate::topology::TICKETS;
@@ -196,14 +203,18 @@ impl TicketStage {
             return Ok(Ok(Vec::new()));
         }
 
+        let snapshot_url = self.cold.url_of(&format!("{}/", snapshot_folder(&incident.incident_id)));
+        let payload = TicketPayload::from_incident(incident, snapshot_url);
+        if let Err(reject) = review(&payload) {
+            return Ok(Err(reject));
+        }
+
         let manifest = write_snapshot(&self.hot, &self.cold, incident, self.snapshot_margin_ms)
             .await
             .map_err(|e| TransportError::Stage {
                 stage: "ticket",
                 reason: format!("snapshot of incident {} failed: {e}", incident.incident_id),
             })?;
-        let snapshot_url = self.cold.url_of(&format!("{}/", snapshot_folder(&incident.incident_id)));
-        let payload = TicketPayload::from_incident(incident, snapshot_url.clone());
         let ticket = self
             .sink
             .write(&payload)
@@ -263,6 +274,34 @@ impl TicketStage {
             record: Record::Ticket(record),
         }
     }
+}
+
+/// Runs the blameless-document check on a payload before it is sent. A
+/// payload with findings becomes a rejection: its reason lists the rules and
+/// JSON paths, and its dead letter keeps the payload with the flagged values
+/// redacted, so no personal value reaches the dead-letter topic.
+fn review(payload: &TicketPayload) -> Result<(), Reject> {
+    let findings = governance::check_ticket(payload);
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let summary = governance::summarize(&findings);
+    tracing::warn!(
+        stage = "ticket",
+        incident_id = %payload.incident_id,
+        findings = findings.len(),
+        rules = %summary,
+        "Ticket not written: the payload failed the blameless-document check."
+    );
+    let value = serde_json::to_value(payload).expect("a ticket payload serializes to JSON");
+    let redacted = serde_json::to_vec(&governance::redact_json(&value)).unwrap_or_default();
+    Err(Reject::with_payload(
+        format!(
+            "ticket payload of incident {} failed the blameless-document check: {summary}",
+            payload.incident_id
+        ),
+        redacted,
+    ))
 }
 
 #[async_trait]
@@ -378,6 +417,37 @@ mod tests {
         // The ledger now contains it, so the same record again emits nothing.
         let again = restarted.handle(&incident).await.unwrap();
         assert!(again.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn personal_payload_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut incident = gated_incident();
+        incident.affected_service = "dependency_callback_3175550142".into();
+        incident.gate_reason = Some("calls per agent: agent_k1_0123456789abcdef0123456789abcdef".into());
+        let mut stage = stage(dir.path());
+
+        let reject = stage.handle(&incident).await.unwrap().unwrap_err();
+        assert!(reject.reason.contains("phone_number at $.affected_service"), "{}", reject.reason);
+        assert!(reject.reason.contains("pseudonym at $.gate_reason"), "{}", reject.reason);
+        assert!(reject.reason.contains("per_person_figure at $.gate_reason"), "{}", reject.reason);
+        assert!(reject.reason.contains("inc-restart"), "{}", reject.reason);
+        let kept = String::from_utf8(reject.payload.clone().unwrap()).unwrap();
+        for text in [&reject.reason, &kept] {
+            assert!(!text.contains("3175550142"), "{text}");
+            assert!(!text.contains("0123456789abcdef"), "{text}");
+        }
+        let kept: TicketPayload = serde_json::from_str(&kept).unwrap();
+        assert_eq!(kept.incident_id, "inc-restart");
+        assert_eq!(kept.affected_service, "dependency_callback_[PHONE]");
+
+        // Nothing was written, and the incident's close is rejected too.
+        assert!(!dir.path().join("tickets").exists());
+        assert!(!dir.path().join("cold").join("incidents").exists());
+        incident.change = "closed".into();
+        incident.timestamp_end_ms = Some(1_765_550_300_000);
+        assert!(stage.handle(&incident).await.unwrap().is_err());
+        assert!(!dir.path().join("tickets").exists());
     }
 
     #[tokio::test]
