@@ -42,6 +42,8 @@ pub enum Rule {
     PhoneNumber,
     Email,
     CardNumber,
+    SocialSecurityNumber,
+    Iban,
     Pseudonym,
     PerPersonFigure,
     PersonField,
@@ -54,6 +56,8 @@ impl Rule {
             Rule::PhoneNumber => "phone_number",
             Rule::Email => "email",
             Rule::CardNumber => "card_number",
+            Rule::SocialSecurityNumber => "social_security_number",
+            Rule::Iban => "iban",
             Rule::Pseudonym => "pseudonym",
             Rule::PerPersonFigure => "per_person_figure",
             Rule::PersonField => "person_field",
@@ -342,7 +346,14 @@ fn check_string(text: &str, path: &str, findings: &mut Vec<Finding>) {
     }
     let without_safe = remove_safe_tokens(&PSEUDONYM.replace_all(text, "[PSEUDONYM]"));
     let scrubbed = scrub_text(&without_safe);
-    for (token, rule) in [("[PHONE]", Rule::PhoneNumber), ("[EMAIL]", Rule::Email), ("[CARD]", Rule::CardNumber)] {
+    let tokens = [
+        ("[PHONE]", Rule::PhoneNumber),
+        ("[EMAIL]", Rule::Email),
+        ("[CARD]", Rule::CardNumber),
+        ("[SSN]", Rule::SocialSecurityNumber),
+        ("[IBAN]", Rule::Iban),
+    ];
+    for (token, rule) in tokens {
         if scrubbed.matches(token).count() > without_safe.matches(token).count() {
             rules.push(rule);
         }
@@ -470,10 +481,12 @@ mod tests {
         let cases = [
             ("Caller at (317) 555-0142 was dropped.", Rule::PhoneNumber),
             ("Caller tel:+13175550142 was dropped.", Rule::PhoneNumber),
-            // The email pattern of scrub.rs takes a SIP address whole.
-            ("The trunk sent sip:+13175550142@trunk.example.com.", Rule::Email),
+            // A SIP address with a number in it is a phone number.
+            ("The trunk sent sip:+13175550142@trunk.example.com.", Rule::PhoneNumber),
             ("Escalated by dana.whitfield@example.com.", Rule::Email),
             ("Card 4111 1111 1111 1111 was read out.", Rule::CardNumber),
+            ("The caller gave SSN 123-45-6789.", Rule::SocialSecurityNumber),
+            ("Refund to DE89 3704 0044 0532 0130 00 failed.", Rule::Iban),
             ("Calls of agent_k1_0123456789abcdef0123456789abcdef failed.", Rule::Pseudonym),
             ("Caller phone_rot2_fedcba9876543210fedcba9876543210 retried.", Rule::Pseudonym),
             ("Failed calls per agent are in the appendix.", Rule::PerPersonFigure),

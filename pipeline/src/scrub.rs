@@ -12,8 +12,15 @@ use crate::stages::mask::Masker;
 
 /// JSON keys whose values identify a person, in lower case without `_` or
 /// `-`, so that `agentId`, `agent_id` and `AGENT-ID` all match one entry.
-const PERSONAL_KEYS: [&str; 25] = [
+const PERSONAL_KEYS: [&str; 32] = [
     "ani",
+    "addressto",
+    "addressfrom",
+    "callbacknumbers",
+    "callbackusername",
+    "externalorganizationid",
+    "conversationexternalorganizationids",
+    "answereduserid",
     "dnis",
     "agentid",
     "userid",
@@ -94,6 +101,15 @@ static DIGITS: LazyLock<Regex> =
 /// backslash, as in a truncated payload.
 static KEY_STRING_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#""((?:[^"\\]|\\.){1,128})"\s*:\s*"(?:[^"\\]|\\.)*(?:"|\\?\z)"#).expect("key pattern")
+});
+
+/// A JSON key and an array of strings after it, in text that may not parse
+/// as JSON. The array may be cut off by the end of the text, as in a
+/// truncated payload, such as Genesys' `conversationExternalContactIds`
+/// that ends a `customer.end` body.
+static KEY_STRING_ARRAY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#""((?:[^"\\]|\\.){1,128})"\s*:\s*\[(?:\s*"(?:[^"\\]|\\.)*(?:"|\\?\z)\s*,?)*\s*(?:\]|\z)"#)
+        .expect("key array pattern")
 });
 
 /// Replaces phone numbers, emails, card numbers, SSNs and IBANs in free
@@ -355,7 +371,14 @@ pub fn scrub_payload(bytes: &[u8]) -> Vec<u8> {
     }
     match std::str::from_utf8(bytes) {
         Ok(text) => {
-            let redacted = KEY_STRING_VALUE.replace_all(text, |caps: &regex::Captures<'_>| {
+            let redacted = KEY_STRING_ARRAY.replace_all(text, |caps: &regex::Captures<'_>| {
+                if is_personal_key(&caps[1]) {
+                    format!("\"{}\":[\"[REDACTED]\"]", &caps[1])
+                } else {
+                    caps[0].to_string()
+                }
+            });
+            let redacted = KEY_STRING_VALUE.replace_all(&redacted, |caps: &regex::Captures<'_>| {
                 if is_personal_key(&caps[1]) {
                     format!("\"{}\":\"[REDACTED]\"", &caps[1])
                 } else {
@@ -583,6 +606,26 @@ mod tests {
             assert!(!scrubbed.contains("LEAKME"), "{scrubbed}");
             assert!(scrubbed.contains("[REDACTED]"), "{scrubbed}");
         }
+    }
+
+    #[test]
+    fn truncated_id_array_is_redacted() {
+        let cases = [
+            r#"{"eventTime":1,"conversationExternalContactIds":["c0571000-0039-4bad-8bad-c0ffee000039","c0571000-0040"#,
+            r#"{"eventTime":1,"conversationExternalContactIds":["c0571000-0039-4bad-8bad-c0ffee000039"],"x":"#,
+            r#"{"callbackNumbers": [ "+13175550123" , "+13175550124" ], "cut"#,
+        ];
+        for text in cases {
+            let scrubbed = String::from_utf8(scrub_payload(text.as_bytes())).unwrap();
+            assert!(!scrubbed.contains("c0ffee"), "{scrubbed}");
+            assert!(!scrubbed.contains("4bad"), "{scrubbed}");
+            assert!(!scrubbed.contains("0040"), "{scrubbed}");
+            assert!(!scrubbed.contains("555"), "{scrubbed}");
+            assert!(scrubbed.contains(r#":["[REDACTED]"]"#), "{scrubbed}");
+        }
+        // An array under a key that names no person keeps its values.
+        let kept = String::from_utf8(scrub_payload(br#"{"queueIds":["q-1","q-2"],"cut"#)).unwrap();
+        assert!(kept.contains(r#""q-1","q-2""#), "{kept}");
     }
 
     #[test]

@@ -138,9 +138,17 @@ pub fn check_size(delivered: &Delivered, max_bytes: usize) -> Result<(), String>
 /// Builds the raw event of one delivered payload, and its key on
 /// `raw-events`.
 pub fn to_raw_event(delivered: &Delivered, received_at_ms: i64) -> (String, RawEvent) {
-    let (payload, capture) = match serde_json::from_slice::<Capture>(&delivered.bytes) {
-        Ok(capture) => (capture.payload.get().as_bytes().to_vec(), Some(capture.capture)),
-        Err(_) => (delivered.bytes.clone(), None),
+    // A capture record is an object: serde would also read a JSON array of
+    // two values as one, and lose the first.
+    let is_object = delivered.bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let capture = if is_object {
+        serde_json::from_slice::<Capture>(&delivered.bytes).ok()
+    } else {
+        None
+    };
+    let (payload, capture) = match capture {
+        Some(capture) => (capture.payload.get().as_bytes().to_vec(), Some(capture.capture)),
+        None => (delivered.bytes.clone(), None),
     };
     let payload_value: Option<Value> = serde_json::from_slice(&payload).ok();
 
@@ -259,6 +267,14 @@ mod tests {
         assert_eq!(raw.payload, br#"{"skillSummaries":[]}"#);
         let capture: Value = serde_json::from_str(raw.capture_json.as_deref().unwrap()).unwrap();
         assert_eq!(capture["delivery"], "nice_reporting_poll");
+    }
+
+    #[test]
+    fn two_element_array_is_no_capture() {
+        let text = r#"[{"topicName":"a"},{"topicName":"b"}]"#;
+        let (_, raw) = to_raw_event(&delivered(text), 7);
+        assert_eq!(raw.payload, text.as_bytes());
+        assert_eq!(raw.capture_json, None);
     }
 
     #[test]
