@@ -21,7 +21,7 @@ use blameless::codec::Codec;
 use blameless::config::Secret;
 use blameless::governance;
 use blameless::model::{Record, RecordKind};
-use blameless::stages::mask::{canonical_phone, Masker};
+use blameless::stages::mask::Masker;
 use blameless::stages::ticket::TicketPayload;
 use blameless::topology;
 use blameless::transport::decode_record;
@@ -137,7 +137,7 @@ impl Canaries {
             conversation_id: conversation.to_string(),
             event_type: event_type.to_string(),
             agent: agent.map(|v| self.masker.pseudonym("agent", v.trim())),
-            phone: phone.map(|v| self.masker.pseudonym("phone", &canonical_phone(v))),
+            phone: phone.map(|v| self.masker.phone_pseudonym(v)),
             customer: customer.map(|v| self.masker.pseudonym("customer", v.trim())),
         });
     }
