@@ -128,9 +128,13 @@ impl Detector {
 
     /// Adds one event; returns the incident changes it causes.
     pub fn observe(&mut self, event: &MaskedEvent, partition: i32, offset: i64) -> Vec<IncidentEvent> {
+        self.observe_at(event, partition, offset, Instant::now())
+    }
+
+    /// Adds one event that arrived at the wall-clock instant `now`.
+    pub fn observe_at(&mut self, event: &MaskedEvent, partition: i32, offset: i64, now: Instant) -> Vec<IncidentEvent> {
         let origin = Origin { partition, offset };
         let time = event.event_time_ms;
-        let now = Instant::now();
         let clock = self.partition_clocks.entry(partition).or_insert((time, now));
         *clock = (clock.0.max(time), now);
         let latest = self.last_record.map_or(time, |(t, _)| t.max(time));
@@ -233,24 +237,31 @@ impl Detector {
                 *open_slot = Some(open);
             }
         }
-        changes.extend(self.close_quiet(self.watermark()));
+        changes.extend(self.close_quiet(self.watermark_at(now)));
         changes
     }
 
     /// Returns the stage's event-time watermark, or `None` before any record.
     pub fn watermark(&self) -> Option<i64> {
+        self.watermark_at(Instant::now())
+    }
+
+    /// Returns the event-time watermark at the wall-clock instant `now`.
+    /// A partition without a record for `idle_timeout_ms` no longer holds it
+    /// back. When every partition is idle, it is the highest event time seen
+    /// plus the wall-clock time since the last record.
+    pub fn watermark_at(&self, now: Instant) -> Option<i64> {
         let (latest, last_seen) = self.last_record?;
         let idle_ms = self.rules.idle_timeout_ms as u128;
         let active: Vec<i64> = self
             .partition_clocks
             .values()
-            .filter(|(_, seen)| seen.elapsed().as_millis() < idle_ms)
+            .filter(|(_, seen)| now.saturating_duration_since(*seen).as_millis() < idle_ms)
             .map(|(clock, _)| *clock)
             .collect();
         match active.iter().min() {
             Some(min) => Some(min - self.rules.out_of_orderness_ms),
-            // Every partition is idle: move on with the wall clock.
-            None => Some(latest + last_seen.elapsed().as_millis() as i64),
+            None => Some(latest + now.saturating_duration_since(last_seen).as_millis() as i64),
         }
     }
 
@@ -793,6 +804,100 @@ mod tests {
             })
             .collect();
         assert_eq!(starts, BTreeSet::from([0, 400_000]));
+    }
+
+    fn kinds(changes: &[IncidentEvent]) -> Vec<&str> {
+        changes.iter().map(|c| c.change.as_str()).collect()
+    }
+
+    #[test]
+    fn threshold_boundary_table() {
+        // (failed calls within 49 s, expected changes)
+        let cases: [(i64, &[&str]); 3] = [(49, &[]), (50, &["opened", "gated"]), (51, &["opened", "gated"])];
+        for (failures, expected) in cases {
+            let mut detector = Detector::new(rules());
+            let changes = feed(&mut detector, &burst(failures, 0));
+            assert_eq!(kinds(&changes), expected, "{failures} failures");
+        }
+    }
+
+    #[test]
+    fn duration_gate_boundary_table() {
+        // (last signal after the start in ms, whether the duration gate passes)
+        let cases = [(600_000, false), (601_000, true)];
+        for (last_signal_ms, gated) in cases {
+            let mut detector = Detector::new(rules());
+            // 50 failures among 2000 completed calls stay below the share.
+            let mut events = burst(50, 2000);
+            let mut time = 60_000;
+            while time < last_signal_ms {
+                events.push(event("voice_inbound", "call_failed", time));
+                time += 60_000;
+            }
+            events.push(event("voice_inbound", "call_failed", last_signal_ms));
+            let changes = feed(&mut detector, &events);
+            let gate = changes.iter().find(|c| c.change == "gated");
+            assert_eq!(gate.is_some(), gated, "last signal at {last_signal_ms} ms: {:?}", kinds(&changes));
+            if let Some(gate) = gate {
+                assert_eq!(gate.gate_reason.as_deref(), Some("lasted 601 s, longer than 600 s"));
+            }
+        }
+    }
+
+    #[test]
+    fn share_gate_boundary_table() {
+        // (completed calls beside 50 failed ones, expected changes)
+        let cases: [(i64, &[&str]); 2] = [(950, &["opened"]), (930, &["opened", "gated"])];
+        for (completed, expected) in cases {
+            let mut detector = Detector::new(rules());
+            let changes = feed(&mut detector, &burst(50, completed));
+            assert_eq!(kinds(&changes), expected, "50 failed of {}", 50 + completed);
+        }
+    }
+
+    #[test]
+    fn idle_partition_stops_holding_watermark() {
+        let mut detector = Detector::new(rules());
+        let start = Instant::now();
+        detector.observe_at(&event("voice_inbound", "call_completed", 10_000), 1, 0, start);
+        let later = start + Duration::from_secs(45);
+        detector.observe_at(&event("voice_inbound", "call_completed", 100_000), 0, 0, later);
+        // Partition 1 had a record 45 s ago, so it still holds the watermark.
+        assert_eq!(detector.watermark_at(later), Some(10_000 - 30_000));
+        // Past the 60 s idle timeout, only partition 0 counts.
+        let idle = start + Duration::from_secs(61);
+        assert_eq!(detector.watermark_at(idle), Some(100_000 - 30_000));
+    }
+
+    #[test]
+    fn wall_clock_closes_incident_without_traffic() {
+        let mut detector = Detector::new(rules());
+        let start = Instant::now();
+        for (i, e) in burst(50, 0).iter().enumerate() {
+            detector.observe_at(e, 0, i as i64, start);
+        }
+        // No record arrives after the last signal at 49 s of event time.
+        let night = |detector: &Detector, secs| detector.watermark_at(start + Duration::from_secs(secs));
+        assert_eq!(night(&detector, 200), Some(49_000 + 200_000));
+        let at_quiet = night(&detector, 300);
+        assert!(detector.close_quiet(at_quiet).is_empty(), "closed at the quiet period");
+        let after_quiet = night(&detector, 301);
+        let closed = detector.close_quiet(after_quiet);
+        assert_eq!(kinds(&closed), ["closed"]);
+        assert_eq!(closed[0].timestamp_end_ms, Some(49_000));
+    }
+
+    #[test]
+    fn count_hovering_at_threshold_opens_once() {
+        let mut detector = Detector::new(rules());
+        // One failure every 6 s keeps 49 or 50 signals in the 300 s window
+        // for half an hour.
+        let events: Vec<_> = (0..300).map(|i| event("voice_inbound", "call_failed", i * 6_000)).collect();
+        let changes = feed(&mut detector, &events);
+        assert_eq!(kinds(&changes), ["opened", "gated"]);
+        let closed = detector.close_all();
+        assert_eq!(kinds(&closed), ["closed"]);
+        assert_eq!(closed[0].incident_id, changes[0].incident_id);
     }
 
     #[test]
