@@ -105,7 +105,8 @@ pub const MIN_MASK_KEY_CHARS: usize = 16;
 
 /// Largest accepted value of the duration settings in seconds
 /// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
-/// window.out_of_orderness_secs and archive.snapshot_margin_secs): 7 days.
+/// window.out_of_orderness_secs, window.allowed_lateness_secs,
+/// window.idle_timeout_secs and archive.snapshot_margin_secs): 7 days.
 pub const MAX_DURATION_SECS: u64 = 604_800;
 
 /// Event types that can be signals, and so the only keys of
@@ -327,6 +328,12 @@ pub struct WindowConfig {
     pub quiet_secs: u64,
     /// How far events may arrive out of order, in seconds. Default 30.
     pub out_of_orderness_secs: u64,
+    /// How far behind the watermark an event may still count, in seconds.
+    /// Later events go to the `late-events` topic. Default 60.
+    pub allowed_lateness_secs: u64,
+    /// Wall-clock seconds without a record after which a partition no
+    /// longer holds the watermark back. Default 60.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for WindowConfig {
@@ -347,6 +354,8 @@ impl Default for WindowConfig {
             gate_min_failure_share: 0.05,
             quiet_secs: 300,
             out_of_orderness_secs: 30,
+            allowed_lateness_secs: 60,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -753,11 +762,19 @@ impl Config {
         if self.window.window_secs == 0 {
             problems.push("window.window_secs is 0; set a window length in seconds such as 300".to_string());
         }
+        if self.window.idle_timeout_secs == 0 {
+            problems.push(
+                "window.idle_timeout_secs is 0, which would treat every partition as idle; set a number of seconds such as 60"
+                    .to_string(),
+            );
+        }
         for (name, value) in [
             ("window.window_secs", self.window.window_secs),
             ("window.quiet_secs", self.window.quiet_secs),
             ("window.gate_min_duration_secs", self.window.gate_min_duration_secs),
             ("window.out_of_orderness_secs", self.window.out_of_orderness_secs),
+            ("window.allowed_lateness_secs", self.window.allowed_lateness_secs),
+            ("window.idle_timeout_secs", self.window.idle_timeout_secs),
             ("archive.snapshot_margin_secs", self.archive.snapshot_margin_secs),
         ] {
             if value > MAX_DURATION_SECS {
@@ -914,6 +931,16 @@ mod tests {
         std::fs::write(&path, "[window]\nwindow_sec = 120\n").unwrap();
         let error = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("window_sec"), "{error}");
+    }
+
+    #[test]
+    fn window_idle_timeout_of_zero_is_rejected() {
+        let mut config = Config::default();
+        config.window.idle_timeout_secs = 0;
+        config.window.allowed_lateness_secs = 604_801;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.idle_timeout_secs is 0"), "{error}");
+        assert!(error.contains("window.allowed_lateness_secs is 604801, above the limit"), "{error}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 
 use crate::config::WindowConfig;
 use crate::model::{DependencyStatus, IncidentEvent, MaskedEvent, Record, RecordKind};
-use crate::topology::WINDOWED_INCIDENTS;
+use crate::topology::{LATE_EVENTS, MASKED, WINDOWED_INCIDENTS};
 use crate::transport::{Decoded, Emit, Outcome, Reject, Stage, TransportError};
 
 /// The incident rules, in milliseconds.
@@ -42,6 +42,8 @@ pub struct WindowRules {
     pub gate_min_failure_share: f64,
     pub quiet_ms: i64,
     pub out_of_orderness_ms: i64,
+    /// How far behind the event-time watermark an event still counts.
+    pub allowed_lateness_ms: i64,
     pub idle_timeout_ms: i64,
     /// How far behind the newest record timestamp a record is held before
     /// the detector observes it (see `REORDER_MS`).
@@ -59,7 +61,8 @@ impl From<&WindowConfig> for WindowRules {
             gate_min_failure_share: config.gate_min_failure_share,
             quiet_ms: config.quiet_secs as i64 * 1000,
             out_of_orderness_ms: config.out_of_orderness_secs as i64 * 1000,
-            idle_timeout_ms: 60_000,
+            allowed_lateness_ms: config.allowed_lateness_secs as i64 * 1000,
+            idle_timeout_ms: config.idle_timeout_secs as i64 * 1000,
             reorder_ms: REORDER_MS,
         }
     }
@@ -106,6 +109,16 @@ struct ServiceState {
     open: Option<OpenIncident>,
 }
 
+/// An event that came after the allowed lateness and was not counted.
+#[derive(Debug, Clone)]
+pub struct LateEvent {
+    pub event: MaskedEvent,
+    pub partition: i32,
+    pub offset: i64,
+    /// The event-time watermark when the event arrived.
+    pub watermark_ms: i64,
+}
+
 /// The incident detector: plain logic over masked events.
 pub struct Detector {
     rules: WindowRules,
@@ -113,6 +126,9 @@ pub struct Detector {
     partition_clocks: BTreeMap<i32, (i64, Instant)>,
     dependencies: DependencyHistory,
     last_record: Option<(i64, Instant)>,
+    /// Late events not yet taken by `take_late`.
+    late: Vec<LateEvent>,
+    late_count: u64,
 }
 
 impl Detector {
@@ -123,7 +139,19 @@ impl Detector {
             partition_clocks: BTreeMap::new(),
             dependencies: DependencyHistory::default(),
             last_record: None,
+            late: Vec::new(),
+            late_count: 0,
         }
+    }
+
+    /// Takes the late events observed since the last call.
+    pub fn take_late(&mut self) -> Vec<LateEvent> {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Returns how many late events the detector has set aside.
+    pub fn late_count(&self) -> u64 {
+        self.late_count
     }
 
     /// Adds one event; returns the incident changes it causes.
@@ -135,6 +163,23 @@ impl Detector {
     pub fn observe_at(&mut self, event: &MaskedEvent, partition: i32, offset: i64, now: Instant) -> Vec<IncidentEvent> {
         let origin = Origin { partition, offset };
         let time = event.event_time_ms;
+        // The event's own partition counts even when it was idle, and a
+        // partition's first record is never late: the other partitions'
+        // clocks alone say nothing about how far this one had got.
+        let own_clock = self.partition_clocks.get(&partition).map(|(clock, _)| *clock);
+        if let (Some(own_clock), Some(stage_watermark)) = (own_clock, self.event_watermark_at(now)) {
+            let watermark_ms = stage_watermark.min(own_clock - self.rules.out_of_orderness_ms);
+            if time < watermark_ms - self.rules.allowed_lateness_ms {
+                self.late_count += 1;
+                self.late.push(LateEvent {
+                    event: event.clone(),
+                    partition,
+                    offset,
+                    watermark_ms,
+                });
+                return Vec::new();
+            }
+        }
         let clock = self.partition_clocks.entry(partition).or_insert((time, now));
         *clock = (clock.0.max(time), now);
         let latest = self.last_record.map_or(time, |(t, _)| t.max(time));
@@ -246,23 +291,39 @@ impl Detector {
         self.watermark_at(Instant::now())
     }
 
-    /// Returns the event-time watermark at the wall-clock instant `now`.
-    /// A partition without a record for `idle_timeout_ms` no longer holds it
-    /// back. When every partition is idle, it is the highest event time seen
-    /// plus the wall-clock time since the last record.
+    /// Returns the watermark that closes incidents at the wall-clock instant
+    /// `now`. It is the event-time watermark while a partition is active.
+    /// When every partition is idle, it is the highest event time seen plus
+    /// the wall-clock time since the last record, so incidents close and
+    /// gates fire at night.
     pub fn watermark_at(&self, now: Instant) -> Option<i64> {
         let (latest, last_seen) = self.last_record?;
-        let idle_ms = self.rules.idle_timeout_ms as u128;
-        let active: Vec<i64> = self
-            .partition_clocks
-            .values()
-            .filter(|(_, seen)| now.saturating_duration_since(*seen).as_millis() < idle_ms)
-            .map(|(clock, _)| *clock)
-            .collect();
-        match active.iter().min() {
+        match self.active_partition_floor(now) {
             Some(min) => Some(min - self.rules.out_of_orderness_ms),
             None => Some(latest + now.saturating_duration_since(last_seen).as_millis() as i64),
         }
+    }
+
+    /// Returns the event-time watermark that lateness is measured against:
+    /// the lowest clock of the active partitions, or the highest event time
+    /// when every partition is idle, minus the out-of-orderness. It never
+    /// moves with the wall clock, so an event that arrives after a quiet
+    /// night is not late for that reason alone.
+    pub fn event_watermark_at(&self, now: Instant) -> Option<i64> {
+        let (latest, _) = self.last_record?;
+        let floor = self.active_partition_floor(now).unwrap_or(latest);
+        Some(floor - self.rules.out_of_orderness_ms)
+    }
+
+    /// Returns the lowest clock of the partitions that had a record within
+    /// the idle timeout before `now`.
+    fn active_partition_floor(&self, now: Instant) -> Option<i64> {
+        let idle_ms = self.rules.idle_timeout_ms as u128;
+        self.partition_clocks
+            .values()
+            .filter(|(_, seen)| now.saturating_duration_since(*seen).as_millis() < idle_ms)
+            .map(|(clock, _)| *clock)
+            .min()
     }
 
     /// Closes every open incident whose last signal is older than the quiet
@@ -469,8 +530,8 @@ pub struct WindowStage {
     held_records: BTreeMap<(i64, i32, i64), (MaskedEvent, bool)>,
     newest_timestamp_ms: i64,
     last_input: Option<Instant>,
-    /// Changes released by a batch that had no accepted record to carry them.
-    pending: Vec<IncidentEvent>,
+    /// Outputs released by a batch that had no accepted record to carry them.
+    pending: Vec<Emit>,
 }
 
 impl WindowStage {
@@ -485,9 +546,9 @@ impl WindowStage {
     }
 
     /// Feeds the detector every held record accepted before `until_ms`, in
-    /// the order they were accepted.
-    fn release(&mut self, until_ms: i64) -> Vec<IncidentEvent> {
-        let mut changes = Vec::new();
+    /// the order they were accepted, and returns the outputs it causes.
+    fn release(&mut self, until_ms: i64) -> Vec<Emit> {
+        let mut emits = Vec::new();
         while let Some(entry) = self.held_records.first_entry() {
             let (timestamp, partition, offset) = *entry.key();
             if timestamp > until_ms {
@@ -495,16 +556,18 @@ impl WindowStage {
             }
             let (event, replay) = entry.remove();
             let observed = self.detector.observe(&event, partition, offset);
-            // A replayed record rebuilds state; its changes were sent before
+            let late = self.detector.take_late();
+            // A replayed record rebuilds state; its outputs were sent before
             // the restart.
             if !replay {
-                changes.extend(observed);
+                emits.extend(Self::incident_emits(observed));
+                emits.extend(late.into_iter().map(|late| self.late_emit(late)));
             }
         }
-        changes
+        emits
     }
 
-    fn emits(changes: Vec<IncidentEvent>) -> Vec<Emit> {
+    fn incident_emits(changes: Vec<IncidentEvent>) -> Vec<Emit> {
         changes
             .into_iter()
             .map(|incident| {
@@ -522,6 +585,36 @@ impl WindowStage {
                 }
             })
             .collect()
+    }
+
+    /// Addresses a late event to `late-events`, with the watermark it missed
+    /// in its attributes.
+    fn late_emit(&self, late: LateEvent) -> Emit {
+        let LateEvent { mut event, partition, offset, watermark_ms } = late;
+        let late_count = self.detector.late_count();
+        // Logged on the 1st, 2nd, 4th, 8th... late event, so a late source
+        // cannot flood the log.
+        if late_count.is_power_of_two() {
+            tracing::warn!(
+                stage = "window",
+                partition,
+                offset,
+                event_time_ms = event.event_time_ms,
+                watermark_ms,
+                allowed_lateness_ms = self.detector.rules.allowed_lateness_ms,
+                late_count,
+                "Event arrived after the allowed lateness; sent to late-events and not counted."
+            );
+        }
+        event.attributes.insert("late.watermark_ms".into(), watermark_ms.to_string());
+        event
+            .attributes
+            .insert("late.allowed_lateness_ms".into(), self.detector.rules.allowed_lateness_ms.to_string());
+        Emit {
+            topic: LATE_EVENTS,
+            key: format!("{MASKED}/{partition}/{offset}"),
+            record: Record::Masked(event),
+        }
     }
 }
 
@@ -557,36 +650,36 @@ impl Stage for WindowStage {
         // The changes released now come from earlier records: the last
         // outcome that is sent carries them, and the commit floor covers
         // what is held.
-        let changes = self.release(self.newest_timestamp_ms.saturating_sub(self.detector.rules.reorder_ms));
+        let released = self.release(self.newest_timestamp_ms.saturating_sub(self.detector.rules.reorder_ms));
         let carrier = outcomes
             .iter_mut()
             .zip(&replays)
             .rev()
             .find(|(outcome, replay)| outcome.is_ok() && !**replay);
         match carrier {
-            Some((Ok(emits), _)) => emits.extend(Self::emits(changes)),
+            Some((Ok(emits), _)) => emits.extend(released),
             // Every record of the batch was rejected or replayed: the next
             // tick sends them.
-            _ => self.pending.extend(changes),
+            _ => self.pending.extend(released),
         }
         Ok(outcomes)
     }
 
     async fn tick(&mut self, _now_ms: i64) -> Result<Vec<Emit>, TransportError> {
-        let mut changes = std::mem::take(&mut self.pending);
+        let mut emits = std::mem::take(&mut self.pending);
         if self.last_input.is_some_and(|at| at.elapsed() >= REORDER_IDLE) {
-            changes.extend(self.release(i64::MAX));
+            emits.extend(self.release(i64::MAX));
         }
         let watermark = self.detector.watermark();
-        changes.extend(self.detector.close_quiet(watermark));
-        Ok(Self::emits(changes))
+        emits.extend(Self::incident_emits(self.detector.close_quiet(watermark)));
+        Ok(emits)
     }
 
     async fn finish(&mut self) -> Result<Vec<Emit>, TransportError> {
-        let mut changes = std::mem::take(&mut self.pending);
-        changes.extend(self.release(i64::MAX));
-        changes.extend(self.detector.close_all());
-        Ok(Self::emits(changes))
+        let mut emits = std::mem::take(&mut self.pending);
+        emits.extend(self.release(i64::MAX));
+        emits.extend(Self::incident_emits(self.detector.close_all()));
+        Ok(emits)
     }
 
     fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
@@ -898,6 +991,82 @@ mod tests {
         let closed = detector.close_all();
         assert_eq!(kinds(&closed), ["closed"]);
         assert_eq!(closed[0].incident_id, changes[0].incident_id);
+    }
+
+    #[test]
+    fn lateness_boundary_table() {
+        // The watermark is 200 s - 30 s of out-of-orderness, and 60 s of
+        // lateness are allowed on top: 110 s is the oldest time that counts.
+        let cases = [(110_000, false), (109_999, true)];
+        for (time_ms, late) in cases {
+            let mut detector = Detector::new(rules());
+            let now = Instant::now();
+            detector.observe_at(&event("voice_inbound", "call_completed", 200_000), 0, 0, now);
+            assert_eq!(detector.event_watermark_at(now), Some(170_000));
+            detector.observe_at(&event("voice_inbound", "call_failed", time_ms), 0, 1, now);
+            let taken = detector.take_late();
+            assert_eq!(taken.len(), usize::from(late), "event at {time_ms} ms");
+            assert_eq!(detector.late_count(), u64::from(late), "event at {time_ms} ms");
+            if let Some(taken) = taken.first() {
+                assert_eq!((taken.partition, taken.offset, taken.watermark_ms), (0, 1, 170_000));
+            }
+        }
+    }
+
+    #[test]
+    fn late_failures_open_nothing() {
+        let mut detector = Detector::new(rules());
+        let now = Instant::now();
+        detector.observe_at(&event("voice_inbound", "call_completed", 1_000_000), 0, 0, now);
+        let late: Vec<_> = (0..60).map(|i| event("voice_inbound", "call_failed", i * 1000)).collect();
+        let changes: Vec<_> = late.iter().flat_map(|e| detector.observe_at(e, 0, 1, now)).collect();
+        assert!(changes.is_empty(), "{:?}", kinds(&changes));
+        assert_eq!(detector.late_count(), 60);
+        assert_eq!(detector.floor(0), Some(0), "late events hold no offset");
+    }
+
+    #[test]
+    fn quiet_night_makes_no_event_late() {
+        let mut detector = Detector::new(rules());
+        let start = Instant::now();
+        detector.observe_at(&event("voice_inbound", "call_completed", 100_000), 0, 0, start);
+        // Eight hours later, the wall clock has moved the closing watermark,
+        // but an event from the last minute is not late.
+        let morning = start + Duration::from_secs(8 * 3600);
+        assert!(detector.watermark_at(morning).unwrap() > 8 * 3_600_000);
+        detector.observe_at(&event("voice_inbound", "call_completed", 95_000), 0, 1, morning);
+        assert_eq!(detector.late_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn stage_sends_late_events_aside() {
+        let mut rules = rules();
+        rules.reorder_ms = 0;
+        let mut stage = WindowStage::new(rules);
+        let mut late = event("voice_inbound", "call_failed", 1_000);
+        late.event_id = "late-one".into();
+        let batch = vec![
+            decoded(event("voice_inbound", "call_completed", 500_000), 2, 10, 1),
+            decoded(late.clone(), 2, 11, 2),
+        ];
+        let outcomes = stage.process(batch).await.unwrap();
+        let emits: Vec<&Emit> = outcomes.iter().flat_map(|o| o.as_ref().unwrap()).collect();
+        assert_eq!(emits.len(), 1);
+        assert_eq!(emits[0].topic, LATE_EVENTS);
+        assert_eq!(emits[0].key, "masked/2/11");
+        let Record::Masked(sent) = &emits[0].record else {
+            panic!("late event is not a masked record: {:?}", emits[0].record);
+        };
+        assert_eq!(sent.event_id, "late-one");
+        assert_eq!(sent.attributes.get("late.watermark_ms").map(String::as_str), Some("470000"));
+        assert_eq!(sent.attributes.get("late.allowed_lateness_ms").map(String::as_str), Some("60000"));
+
+        // A replay of a late record sends nothing again.
+        let mut replayed = decoded(late, 2, 11, 3);
+        replayed.replay = true;
+        let outcomes = stage.process(vec![replayed]).await.unwrap();
+        assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)));
+        assert!(stage.tick(0).await.unwrap().is_empty());
     }
 
     #[test]
