@@ -106,7 +106,8 @@ pub const MIN_MASK_KEY_CHARS: usize = 16;
 /// Largest accepted value of the duration settings in seconds
 /// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
 /// window.out_of_orderness_secs, window.allowed_lateness_secs,
-/// window.idle_timeout_secs and archive.snapshot_margin_secs): 7 days.
+/// window.idle_timeout_secs, window.cooldown_secs, window.cooldown_max_secs,
+/// window.calm_secs and archive.snapshot_margin_secs): 7 days.
 pub const MAX_DURATION_SECS: u64 = 604_800;
 
 /// Event types that can be signals, and so the only keys of
@@ -334,6 +335,15 @@ pub struct WindowConfig {
     /// Wall-clock seconds without a record after which a partition no
     /// longer holds the watermark back. Default 60.
     pub idle_timeout_secs: u64,
+    /// A breach this many event-time seconds after the service's last
+    /// incident closed reopens that incident as a recurrence. Default 600.
+    pub cooldown_secs: u64,
+    /// The cooldown doubles with each recurrence up to this, in seconds.
+    /// Default 3600.
+    pub cooldown_max_secs: u64,
+    /// Event-time seconds after a close without a breach that reset the
+    /// cooldown. Default 3600.
+    pub calm_secs: u64,
 }
 
 impl Default for WindowConfig {
@@ -356,6 +366,9 @@ impl Default for WindowConfig {
             out_of_orderness_secs: 30,
             allowed_lateness_secs: 60,
             idle_timeout_secs: 60,
+            cooldown_secs: 600,
+            cooldown_max_secs: 3600,
+            calm_secs: 3600,
         }
     }
 }
@@ -762,6 +775,12 @@ impl Config {
         if self.window.window_secs == 0 {
             problems.push("window.window_secs is 0; set a window length in seconds such as 300".to_string());
         }
+        if self.window.cooldown_max_secs < self.window.cooldown_secs {
+            problems.push(format!(
+                "window.cooldown_max_secs is {}, below window.cooldown_secs ({}); set it to {} or more",
+                self.window.cooldown_max_secs, self.window.cooldown_secs, self.window.cooldown_secs
+            ));
+        }
         if self.window.idle_timeout_secs == 0 {
             problems.push(
                 "window.idle_timeout_secs is 0, which would treat every partition as idle; set a number of seconds such as 60"
@@ -775,6 +794,9 @@ impl Config {
             ("window.out_of_orderness_secs", self.window.out_of_orderness_secs),
             ("window.allowed_lateness_secs", self.window.allowed_lateness_secs),
             ("window.idle_timeout_secs", self.window.idle_timeout_secs),
+            ("window.cooldown_secs", self.window.cooldown_secs),
+            ("window.cooldown_max_secs", self.window.cooldown_max_secs),
+            ("window.calm_secs", self.window.calm_secs),
             ("archive.snapshot_margin_secs", self.archive.snapshot_margin_secs),
         ] {
             if value > MAX_DURATION_SECS {
@@ -941,6 +963,15 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("window.idle_timeout_secs is 0"), "{error}");
         assert!(error.contains("window.allowed_lateness_secs is 604801, above the limit"), "{error}");
+    }
+
+    #[test]
+    fn window_cooldown_max_below_cooldown_is_rejected() {
+        let mut config = Config::default();
+        config.window.cooldown_secs = 900;
+        config.window.cooldown_max_secs = 600;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.cooldown_max_secs is 600, below window.cooldown_secs (900); set it to 900 or more"), "{error}");
     }
 
     #[test]

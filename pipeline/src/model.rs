@@ -124,6 +124,10 @@ pub struct IncidentEvent {
     pub window_ms: i64,
     pub gated: bool,
     pub gate_reason: Option<String>,
+    /// Times the incident breached again within its cooldown after closing
+    /// and was reopened. 0 in records written before the field existed.
+    #[serde(default)]
+    pub recurrences: i32,
     pub dependencies: Vec<DependencyStatus>,
 }
 

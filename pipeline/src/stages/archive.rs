@@ -400,6 +400,7 @@ mod tests {
             window_ms: 300_000,
             gated: true,
             gate_reason: None,
+            recurrences: 0,
             dependencies: Vec::new(),
         }
     }

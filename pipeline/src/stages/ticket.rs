@@ -310,6 +310,7 @@ mod tests {
             window_ms: 300_000,
             gated: true,
             gate_reason: Some("lasted longer than 600 s".into()),
+            recurrences: 0,
             dependencies: Vec::new(),
         }
     }

@@ -10,12 +10,16 @@
 //! minimum duration or its failed contacts exceed the minimum share of the
 //! service's contacts since the start. It closes once event time passes the
 //! last signal by the quiet period.
+//! A breach within the cooldown after the close reopens it with the same id
+//! and one more recurrence, and the cooldown doubles with each recurrence
+//! until a calm period resets it.
 //!
 //! Time: each partition's clock is its highest event time. The stage's
 //! watermark is the lowest clock of the partitions that had records within
-//! the idle timeout, minus the allowed out-of-orderness. When every partition
-//! is idle, the wall-clock tick moves the watermark on, so incidents close at
-//! night.
+//! the idle timeout, minus the allowed out-of-orderness. Events further
+//! behind it than the allowed lateness are not counted and go to
+//! `late-events`. When every partition is idle, the wall-clock tick moves the
+//! watermark on, so incidents close at night.
 //!
 //! Delivery: the state lives in memory. Offsets are committed only up to the
 //! oldest record the state still keeps (see `commit_floor`), so a restart
@@ -44,6 +48,12 @@ pub struct WindowRules {
     pub out_of_orderness_ms: i64,
     /// How far behind the event-time watermark an event still counts.
     pub allowed_lateness_ms: i64,
+    /// A breach this soon after the service's last incident closed reopens
+    /// it. Doubles with each recurrence, up to `cooldown_max_ms`.
+    pub cooldown_ms: i64,
+    pub cooldown_max_ms: i64,
+    /// Time after a close without a breach that resets the cooldown.
+    pub calm_ms: i64,
     pub idle_timeout_ms: i64,
     /// How far behind the newest record timestamp a record is held before
     /// the detector observes it (see `REORDER_MS`).
@@ -62,9 +72,27 @@ impl From<&WindowConfig> for WindowRules {
             quiet_ms: config.quiet_secs as i64 * 1000,
             out_of_orderness_ms: config.out_of_orderness_secs as i64 * 1000,
             allowed_lateness_ms: config.allowed_lateness_secs as i64 * 1000,
+            cooldown_ms: config.cooldown_secs as i64 * 1000,
+            cooldown_max_ms: config.cooldown_max_secs as i64 * 1000,
+            calm_ms: config.calm_secs as i64 * 1000,
             idle_timeout_ms: config.idle_timeout_secs as i64 * 1000,
             reorder_ms: REORDER_MS,
         }
+    }
+}
+
+impl WindowRules {
+    /// Returns the cooldown after `recurrences` recurrences since the last
+    /// calm period: the base doubled that many times, at most the maximum.
+    pub fn cooldown_ms(&self, recurrences: u32) -> i64 {
+        let mut cooldown = self.cooldown_ms;
+        for _ in 0..recurrences {
+            if cooldown >= self.cooldown_max_ms {
+                break;
+            }
+            cooldown = cooldown.saturating_mul(2);
+        }
+        cooldown.min(self.cooldown_max_ms)
     }
 }
 
@@ -90,13 +118,38 @@ struct OpenIncident {
     signal_type: String,
     platform_source: String,
     start_ms: i64,
+    /// Start of the current breach: the start, or the first signal after a
+    /// recurrence reopened the incident.
+    segment_start_ms: i64,
     last_signal_ms: i64,
     failed: i64,
     total: i64,
+    /// Contacts of the breaches before the current one.
+    prior_failed: i64,
+    prior_total: i64,
     threshold: u64,
     gated: bool,
     gate_reason: Option<String>,
+    recurrences: u32,
     first_origin: Origin,
+}
+
+impl OpenIncident {
+    /// Recounts the contacts: those of earlier breaches plus those of the
+    /// current one up to its last signal.
+    fn refresh_contacts(&mut self, volume: &VecDeque<Sample>) {
+        let (failed, total) = contacts_between(volume, &self.signal_type, self.segment_start_ms, self.last_signal_ms);
+        self.failed = self.prior_failed + failed;
+        self.total = self.prior_total + total;
+    }
+}
+
+/// The last incident of a service after it closed, kept until the calm
+/// period passes so a recurrence can reopen it.
+#[derive(Debug, Clone)]
+struct ClosedIncident {
+    incident: OpenIncident,
+    end_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +160,10 @@ struct ServiceState {
     volume: VecDeque<Sample>,
     clock_ms: i64,
     open: Option<OpenIncident>,
+    closed: Option<ClosedIncident>,
+    /// Recurrences since the last calm period: the cooldown is
+    /// `cooldown_ms` doubled this many times, up to `cooldown_max_ms`.
+    backoff: u32,
 }
 
 /// An event that came after the allowed lateness and was not counted.
@@ -129,6 +186,7 @@ pub struct Detector {
     /// Late events not yet taken by `take_late`.
     late: Vec<LateEvent>,
     late_count: u64,
+    spike_count: u64,
 }
 
 impl Detector {
@@ -141,7 +199,19 @@ impl Detector {
             last_record: None,
             late: Vec::new(),
             late_count: 0,
+            spike_count: 0,
         }
+    }
+
+    /// Returns how many incidents closed without passing the postmortem
+    /// gate. A reopened incident that closes below the gate again counts
+    /// again.
+    pub fn spike_count(&self) -> u64 {
+        self.spike_count
+    }
+
+    fn count_spikes(&mut self, changes: &[IncidentEvent]) {
+        self.spike_count += changes.iter().filter(|c| c.change == "closed" && !c.gated).count() as u64;
     }
 
     /// Takes the late events observed since the last call.
@@ -219,6 +289,7 @@ impl Detector {
         evict(state, rules);
 
         let mut changes = Vec::new();
+        let service = event.affected_service.as_str();
         // A signal after the quiet period ends the open incident first, even
         // when the watermark has not passed it yet.
         let quiet_over = state
@@ -226,62 +297,28 @@ impl Detector {
             .as_ref()
             .is_some_and(|open| is_signal && time > open.last_signal_ms + rules.quiet_ms);
         if quiet_over {
-            let open = state.open.take().expect("checked above");
-            let end = Some(open.last_signal_ms);
-            changes.push(incident_event(&event.affected_service, &open, "closed", end, rules, dependencies));
+            let end_ms = state.open.as_ref().expect("checked above").last_signal_ms;
+            changes.extend(close_open(service, state, end_ms, rules, dependencies));
         }
-        let ServiceState { volume, open: open_slot, signals, .. } = state;
-        if let Some(open) = open_slot.as_mut() {
+        if let Some(open) = state.open.as_mut() {
             if is_signal && event.event_type == open.signal_type {
                 open.last_signal_ms = open.last_signal_ms.max(time);
             }
-            (open.failed, open.total) = contacts_between(volume, &open.signal_type, open.start_ms, open.last_signal_ms);
+            open.refresh_contacts(&state.volume);
             if !open.gated && gate(open, rules) {
-                changes.push(incident_event(&event.affected_service, open, "gated", None, rules, dependencies));
+                changes.push(incident_event(service, open, "gated", None, rules, dependencies));
             }
             // A synthetic check reports state changes only, so a dependency
             // incident ends when its check recovers, not after a quiet period.
             let recovered = open.signal_type == "dependency_check" && event.dependency.as_ref().is_some_and(|d| d.ok);
             if recovered && time >= open.last_signal_ms {
                 open.last_signal_ms = time;
-                changes.push(incident_event(&event.affected_service, open, "closed", Some(time), rules, dependencies));
-                *open_slot = None;
+                changes.extend(close_open(service, state, time, rules, dependencies));
             }
-        } else if let Some(signals) = signals.get(&event.event_type).filter(|_| is_signal) {
-            // A late signal may already be outside the window, and then it
-            // has been evicted with its entry.
-            let threshold = rules.thresholds[&event.event_type];
-            if signals.len() as u64 >= threshold {
-                let first = signals.iter().min_by_key(|s| s.time_ms).expect("signals reached a threshold of 1 or more");
-                let start_ms = first.time_ms;
-                let last_signal_ms = signals.iter().map(|s| s.time_ms).max().unwrap_or(time);
-                let (failed, total) = contacts_between(volume, &event.event_type, start_ms, last_signal_ms);
-                let first_origin = volume
-                    .iter()
-                    .filter(|s| s.time_ms >= start_ms)
-                    .map(|s| s.origin)
-                    .min_by_key(|o| o.offset)
-                    .unwrap_or(first.origin);
-                let mut open = OpenIncident {
-                    id: incident_id(&event.affected_service, start_ms),
-                    signal_type: event.event_type.clone(),
-                    platform_source: event.platform_source.clone(),
-                    start_ms,
-                    last_signal_ms,
-                    failed,
-                    total,
-                    threshold,
-                    gated: false,
-                    gate_reason: None,
-                    first_origin,
-                };
-                changes.push(incident_event(&event.affected_service, &open, "opened", None, rules, dependencies));
-                if gate(&mut open, rules) {
-                    changes.push(incident_event(&event.affected_service, &open, "gated", None, rules, dependencies));
-                }
-                *open_slot = Some(open);
-            }
+        } else if is_signal {
+            changes.extend(open_on_breach(event, state, rules, dependencies));
         }
+        self.count_spikes(&changes);
         changes.extend(self.close_quiet(self.watermark_at(now)));
         changes
     }
@@ -333,7 +370,17 @@ impl Detector {
             return Vec::new();
         };
         let quiet = self.rules.quiet_ms;
-        self.close_where(|open| watermark > open.last_signal_ms + quiet)
+        let closed = self.close_where(|open| watermark > open.last_signal_ms + quiet);
+        // After a calm period, a breach opens a new incident and the
+        // cooldown is back to its base.
+        let calm = self.rules.calm_ms;
+        for state in self.services.values_mut() {
+            if state.closed.as_ref().is_some_and(|c| watermark > c.end_ms + calm) {
+                state.closed = None;
+                state.backoff = 0;
+            }
+        }
+        closed
     }
 
     /// Closes every open incident at its last signal: the end of a finite
@@ -346,12 +393,12 @@ impl Detector {
         let mut closed = Vec::new();
         for (service, state) in &mut self.services {
             if state.open.as_ref().is_some_and(&should_close) {
-                let open = state.open.take().expect("checked above");
-                let end = Some(open.last_signal_ms);
-                closed.push(incident_event(service, &open, "closed", end, &self.rules, &self.dependencies));
+                let end_ms = state.open.as_ref().expect("checked above").last_signal_ms;
+                closed.extend(close_open(service, state, end_ms, &self.rules, &self.dependencies));
             }
         }
         closed.sort_by(|a, b| a.incident_id.cmp(&b.incident_id));
+        self.count_spikes(&closed);
         closed
     }
 
@@ -360,9 +407,12 @@ impl Detector {
         self.services
             .values()
             .flat_map(|state| {
+                // A closed incident that a recurrence could still reopen
+                // is rebuilt from its first record after a restart too.
                 let open = state.open.as_ref().map(|o| o.first_origin);
+                let closed = state.closed.as_ref().map(|c| c.incident.first_origin);
                 let held = state.volume.iter().chain(state.signals.values().flatten()).map(|s| s.origin);
-                open.into_iter().chain(held)
+                open.into_iter().chain(closed).chain(held)
             })
             .filter(|origin| origin.partition == partition)
             .map(|origin| origin.offset)
@@ -397,12 +447,106 @@ impl DependencyHistory {
     }
 }
 
+/// Closes the open incident of `state` at `end_ms` and keeps it as the
+/// service's last closed incident.
+fn close_open(
+    service: &str,
+    state: &mut ServiceState,
+    end_ms: i64,
+    rules: &WindowRules,
+    dependencies: &DependencyHistory,
+) -> Option<IncidentEvent> {
+    let incident = state.open.take()?;
+    let closed = incident_event(service, &incident, "closed", Some(end_ms), rules, dependencies);
+    state.closed = Some(ClosedIncident { incident, end_ms });
+    Some(closed)
+}
+
+/// Opens an incident when the signals of the event's type within the
+/// window reach their threshold. A breach within the cooldown after the
+/// service's last incident closed reopens that incident instead.
+fn open_on_breach(
+    event: &MaskedEvent,
+    state: &mut ServiceState,
+    rules: &WindowRules,
+    dependencies: &DependencyHistory,
+) -> Vec<IncidentEvent> {
+    let service = event.affected_service.as_str();
+    let threshold = rules.thresholds[&event.event_type];
+    // A late signal may already be outside the window, and then it has been
+    // evicted with its entry.
+    let Some(signals) = state.signals.get(&event.event_type) else {
+        return Vec::new();
+    };
+    if (signals.len() as u64) < threshold {
+        return Vec::new();
+    }
+    let first = signals.iter().min_by_key(|s| s.time_ms).expect("signals reached a threshold of 1 or more");
+    let (first_signal_ms, first_signal_origin) = (first.time_ms, first.origin);
+    let last_signal_ms = signals.iter().map(|s| s.time_ms).max().unwrap_or(event.event_time_ms);
+
+    let mut changes = Vec::new();
+    if let Some(closed) = state.closed.take() {
+        let gap_ms = event.event_time_ms - closed.end_ms;
+        if gap_ms > rules.calm_ms {
+            state.backoff = 0;
+        } else if gap_ms <= rules.cooldown_ms(state.backoff) && closed.incident.signal_type == event.event_type {
+            let mut open = closed.incident;
+            open.prior_failed = open.failed;
+            open.prior_total = open.total;
+            open.segment_start_ms = first_signal_ms.max(open.last_signal_ms + 1);
+            open.last_signal_ms = open.last_signal_ms.max(last_signal_ms);
+            open.recurrences += 1;
+            open.refresh_contacts(&state.volume);
+            state.backoff = state.backoff.saturating_add(1);
+            changes.push(incident_event(service, &open, "reopened", None, rules, dependencies));
+            if !open.gated && gate(&mut open, rules) {
+                changes.push(incident_event(service, &open, "gated", None, rules, dependencies));
+            }
+            state.open = Some(open);
+            return changes;
+        }
+    }
+
+    let first_origin = state
+        .volume
+        .iter()
+        .filter(|s| s.time_ms >= first_signal_ms)
+        .map(|s| s.origin)
+        .min_by_key(|o| o.offset)
+        .unwrap_or(first_signal_origin);
+    let mut open = OpenIncident {
+        id: incident_id(service, first_signal_ms),
+        signal_type: event.event_type.clone(),
+        platform_source: event.platform_source.clone(),
+        start_ms: first_signal_ms,
+        segment_start_ms: first_signal_ms,
+        last_signal_ms,
+        failed: 0,
+        total: 0,
+        prior_failed: 0,
+        prior_total: 0,
+        threshold,
+        gated: false,
+        gate_reason: None,
+        recurrences: 0,
+        first_origin,
+    };
+    open.refresh_contacts(&state.volume);
+    changes.push(incident_event(service, &open, "opened", None, rules, dependencies));
+    if gate(&mut open, rules) {
+        changes.push(incident_event(service, &open, "gated", None, rules, dependencies));
+    }
+    state.open = Some(open);
+    changes
+}
+
 fn evict(state: &mut ServiceState, rules: &WindowRules) {
     let horizon = state.clock_ms - rules.window_ms;
-    // An open incident keeps every sample from its start on, its first
-    // signal included.
+    // An open incident keeps every sample from the start of its current
+    // breach on, its first signal included.
     match state.open.as_ref() {
-        Some(open) => state.volume.retain(|s| s.time_ms >= open.start_ms.min(horizon + 1)),
+        Some(open) => state.volume.retain(|s| s.time_ms >= open.segment_start_ms.min(horizon + 1)),
         None => state.volume.retain(|s| s.time_ms > horizon),
     }
     for samples in state.signals.values_mut() {
@@ -507,6 +651,7 @@ fn incident_event(
         window_ms: rules.window_ms,
         gated: open.gated,
         gate_reason: open.gate_reason.clone(),
+        recurrences: open.recurrences as i32,
         dependencies: dependencies.at(end_ms.unwrap_or(open.last_signal_ms)),
     }
 }
@@ -576,6 +721,8 @@ impl WindowStage {
                     incident_id = %incident.incident_id,
                     change = %incident.change,
                     affected_service = %incident.affected_service,
+                    gated = incident.gated,
+                    recurrences = incident.recurrences,
                     "Incident changed."
                 );
                 Emit {
@@ -889,14 +1036,19 @@ mod tests {
         assert_eq!(stage.commit_floor("masked", 0), Some(0));
 
         let emits = stage.finish().await.unwrap();
-        let starts: BTreeSet<i64> = emits
+        // The second outage comes within the cooldown, so it reopens the
+        // first incident.
+        let changes: BTreeSet<(&str, i64, i32)> = emits
             .iter()
             .filter_map(|emit| match &emit.record {
-                Record::Incident(incident) if incident.change == "opened" => Some(incident.timestamp_start_ms),
+                Record::Incident(incident) if incident.change != "gated" => {
+                    Some((incident.change.as_str(), incident.last_signal_ms, incident.recurrences))
+                }
                 _ => None,
             })
             .collect();
-        assert_eq!(starts, BTreeSet::from([0, 400_000]));
+        let expected = [("opened", 49_000, 0), ("closed", 49_000, 0), ("reopened", 449_000, 1), ("closed", 449_000, 1)];
+        assert_eq!(changes, BTreeSet::from(expected));
     }
 
     fn kinds(changes: &[IncidentEvent]) -> Vec<&str> {
@@ -1067,6 +1219,102 @@ mod tests {
         let outcomes = stage.process(vec![replayed]).await.unwrap();
         assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)));
         assert!(stage.tick(0).await.unwrap().is_empty());
+    }
+
+    /// 50 failed calls of `voice_inbound`, one a second from `start_ms`.
+    fn outage(start_ms: i64) -> Vec<MaskedEvent> {
+        (0..50).map(|i| event("voice_inbound", "call_failed", start_ms + i * 1000)).collect()
+    }
+
+    #[test]
+    fn recurrence_within_cooldown_reopens_table() {
+        // Each outage lasts 49 s and closes at its last signal. (gap from the
+        // previous close to the next breach in s, expected change,
+        // recurrences). The cooldown doubles from 600 s to 1200 s and 2400 s,
+        // and then stops at the 3600 s maximum.
+        let cases: [(i64, &str, i32); 6] = [
+            (0, "opened", 0),
+            (600, "reopened", 1),
+            (1200, "reopened", 2),
+            (2400, "reopened", 3),
+            (3600, "reopened", 4),
+            (3601, "opened", 0),
+        ];
+        let mut detector = Detector::new(rules());
+        let mut offset = 0;
+        let mut close_ms = 1_000_000;
+        let mut first_id = None;
+        for (gap_s, change, recurrences) in cases {
+            let breach_ms = close_ms + gap_s * 1000;
+            // The 50th signal breaches, so the outage starts 49 s earlier.
+            let mut changes = Vec::new();
+            for e in outage(breach_ms - 49_000) {
+                changes.extend(detector.observe(&e, 0, offset));
+                offset += 1;
+            }
+            let change_at = changes.iter().find(|c| c.change == change).unwrap_or_else(|| panic!("gap {gap_s} s: {:?}", kinds(&changes)));
+            assert_eq!(change_at.recurrences, recurrences, "gap {gap_s} s");
+            let id = first_id.get_or_insert_with(|| change_at.incident_id.clone());
+            assert_eq!(*id == change_at.incident_id, change == "reopened" || gap_s == 0, "gap {gap_s} s");
+            close_ms = breach_ms;
+            let closed = detector.close_quiet(Some(close_ms + 300_001));
+            assert_eq!(kinds(&closed), ["closed"], "gap {gap_s} s");
+        }
+    }
+
+    #[test]
+    fn calm_period_resets_cooldown() {
+        let mut detector = Detector::new(rules());
+        let mut offset = 0;
+        let mut run = |detector: &mut Detector, start_ms: i64| {
+            let changes: Vec<_> = outage(start_ms)
+                .iter()
+                .flat_map(|e| {
+                    offset += 1;
+                    detector.observe(e, 0, offset)
+                })
+                .collect();
+            detector.close_quiet(Some(start_ms + 49_000 + 300_001));
+            changes
+        };
+        run(&mut detector, 0);
+        let second = run(&mut detector, 49_000 + 500_000);
+        assert_eq!(second[0].change, "reopened");
+        // More than the 3600 s calm period after the second close.
+        let third = run(&mut detector, 549_000 + 49_000 + 3_601_000);
+        assert_eq!(third[0].change, "opened");
+        // The cooldown is back at 600 s, so a breach 700 s after the close
+        // is a new incident, where the doubled 1200 s would have reopened it.
+        let third_close = 549_000 + 49_000 + 3_601_000 + 49_000;
+        let fourth = run(&mut detector, third_close + 700_000 - 49_000);
+        assert_eq!(fourth[0].change, "opened");
+        assert_ne!(fourth[0].incident_id, third[0].incident_id);
+    }
+
+    #[test]
+    fn reopened_incident_adds_up_contacts() {
+        let mut detector = Detector::new(rules());
+        let mut events = outage(0);
+        events.extend(outage(400_000));
+        let changes = feed(&mut detector, &events);
+        assert_eq!(kinds(&changes), ["opened", "gated", "closed", "reopened"]);
+        assert_eq!(changes[3].failed_contacts, 100);
+        assert_eq!(changes[3].total_contacts, 100);
+        assert_eq!(changes[3].timestamp_start_ms, 0);
+        let closed = detector.close_all();
+        assert_eq!(closed[0].recurrences, 1);
+        assert_eq!(closed[0].incident_id, changes[0].incident_id);
+    }
+
+    #[test]
+    fn ungated_spike_is_counted_not_gated() {
+        let mut detector = Detector::new(rules());
+        // 50 failed of 2000 calls: 2.5%, closed within 49 s.
+        feed(&mut detector, &burst(50, 1950));
+        let closed = detector.close_all();
+        assert_eq!(kinds(&closed), ["closed"]);
+        assert!(!closed[0].gated);
+        assert_eq!(detector.spike_count(), 1);
     }
 
     #[test]
