@@ -128,6 +128,11 @@ pub struct IncidentEvent {
     /// and was reopened. 0 in records written before the field existed.
     #[serde(default)]
     pub recurrences: i32,
+    /// Why the incident has its type: for an incident opened by a failed
+    /// dependency check, the dependency, its status and the platform's
+    /// health at the time. `None` for incidents of platform signals.
+    #[serde(default)]
+    pub type_reason: Option<String>,
     pub dependencies: Vec<DependencyStatus>,
 }
 

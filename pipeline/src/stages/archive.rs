@@ -401,6 +401,7 @@ mod tests {
             gated: true,
             gate_reason: None,
             recurrences: 0,
+            type_reason: None,
             dependencies: Vec::new(),
         }
     }

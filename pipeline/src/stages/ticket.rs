@@ -311,6 +311,7 @@ mod tests {
             gated: true,
             gate_reason: Some("lasted longer than 600 s".into()),
             recurrences: 0,
+            type_reason: None,
             dependencies: Vec::new(),
         }
     }

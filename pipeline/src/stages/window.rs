@@ -131,6 +131,10 @@ struct OpenIncident {
     gated: bool,
     gate_reason: Option<String>,
     recurrences: u32,
+    /// `platform_outage` or `downstream_dependency`, decided when the
+    /// incident opens or reopens.
+    incident_type: &'static str,
+    type_reason: Option<String>,
     first_origin: Origin,
 }
 
@@ -264,6 +268,12 @@ impl Detector {
             self.dependencies.record(status);
         }
 
+        // Only a failed check can open a dependency incident, which is the
+        // only kind whose type depends on the platform's health.
+        let platform_failures = match &event.dependency {
+            Some(check) if !check.ok => self.platform_failures(),
+            _ => Vec::new(),
+        };
         let rules = &self.rules;
         let dependencies = &self.dependencies;
         let state = self.services.entry(event.affected_service.clone()).or_default();
@@ -316,7 +326,7 @@ impl Detector {
                 changes.extend(close_open(service, state, time, rules, dependencies));
             }
         } else if is_signal {
-            changes.extend(open_on_breach(event, state, rules, dependencies));
+            changes.extend(open_on_breach(event, state, &platform_failures, rules, dependencies));
         }
         self.count_spikes(&changes);
         changes.extend(self.close_quiet(self.watermark_at(now)));
@@ -339,6 +349,23 @@ impl Detector {
             Some(min) => Some(min - self.rules.out_of_orderness_ms),
             None => Some(latest + now.saturating_duration_since(last_seen).as_millis() as i64),
         }
+    }
+
+    /// Returns each service with an open incident of a platform signal type,
+    /// with that type, sorted by service.
+    fn platform_failures(&self) -> Vec<(String, String)> {
+        let mut failures: Vec<(String, String)> = self
+            .services
+            .iter()
+            .filter_map(|(service, state)| {
+                let open = state.open.as_ref()?;
+                PLATFORM_SIGNAL_TYPES
+                    .contains(&open.signal_type.as_str())
+                    .then(|| (service.clone(), open.signal_type.clone()))
+            })
+            .collect();
+        failures.sort();
+        failures
     }
 
     /// Returns the event-time watermark that lateness is measured against:
@@ -468,6 +495,7 @@ fn close_open(
 fn open_on_breach(
     event: &MaskedEvent,
     state: &mut ServiceState,
+    platform_failures: &[(String, String)],
     rules: &WindowRules,
     dependencies: &DependencyHistory,
 ) -> Vec<IncidentEvent> {
@@ -485,6 +513,7 @@ fn open_on_breach(
     let (first_signal_ms, first_signal_origin) = (first.time_ms, first.origin);
     let last_signal_ms = signals.iter().map(|s| s.time_ms).max().unwrap_or(event.event_time_ms);
 
+    let (incident_type, type_reason) = classify(event, platform_failures);
     let mut changes = Vec::new();
     if let Some(closed) = state.closed.take() {
         let gap_ms = event.event_time_ms - closed.end_ms;
@@ -497,6 +526,8 @@ fn open_on_breach(
             open.segment_start_ms = first_signal_ms.max(open.last_signal_ms + 1);
             open.last_signal_ms = open.last_signal_ms.max(last_signal_ms);
             open.recurrences += 1;
+            open.incident_type = incident_type;
+            open.type_reason = type_reason;
             open.refresh_contacts(&state.volume);
             state.backoff = state.backoff.saturating_add(1);
             changes.push(incident_event(service, &open, "reopened", None, rules, dependencies));
@@ -530,6 +561,8 @@ fn open_on_breach(
         gated: false,
         gate_reason: None,
         recurrences: 0,
+        incident_type,
+        type_reason,
         first_origin,
     };
     open.refresh_contacts(&state.volume);
@@ -539,6 +572,32 @@ fn open_on_breach(
     }
     state.open = Some(open);
     changes
+}
+
+/// Event types that are the platform's own failure signals. While none of
+/// them has an open incident, the platform counts as healthy.
+const PLATFORM_SIGNAL_TYPES: [&str; 4] = ["call_failed", "ivr_error", "service_level_failure", "api_connection_error"];
+
+/// Decides the type of an incident that `event` opens or reopens. A failed
+/// dependency check is a `downstream_dependency` incident while the platform
+/// is healthy, and a `platform_outage` while any service has an open
+/// incident of a platform signal type. Every other signal is a
+/// `platform_outage`.
+fn classify(event: &MaskedEvent, platform_failures: &[(String, String)]) -> (&'static str, Option<String>) {
+    let Some(check) = event.dependency.as_ref().filter(|_| event.event_type == "dependency_check") else {
+        return ("platform_outage", None);
+    };
+    let failed = format!("dependency {} failed at {}", check.name, event.event_time_ms);
+    if platform_failures.is_empty() {
+        let reason = format!("{failed} while the platform signals of every service were healthy");
+        return ("downstream_dependency", Some(reason));
+    }
+    let failing: Vec<String> = platform_failures
+        .iter()
+        .map(|(service, signal_type)| format!("{service} ({signal_type})"))
+        .collect();
+    let reason = format!("{failed} while platform signals also failed on {}", failing.join(", "));
+    ("platform_outage", Some(reason))
 }
 
 fn evict(state: &mut ServiceState, rules: &WindowRules) {
@@ -629,15 +688,10 @@ fn incident_event(
     rules: &WindowRules,
     dependencies: &DependencyHistory,
 ) -> IncidentEvent {
-    let incident_type = if open.signal_type == "dependency_check" {
-        "downstream_dependency"
-    } else {
-        "platform_outage"
-    };
     IncidentEvent {
         incident_id: open.id.clone(),
         change: change.to_string(),
-        incident_type: incident_type.to_string(),
+        incident_type: open.incident_type.to_string(),
         severity: severity(open.failed, open.total, rules.gate_min_failure_share).to_string(),
         affected_service: service.to_string(),
         platform_source: open.platform_source.clone(),
@@ -652,6 +706,7 @@ fn incident_event(
         gated: open.gated,
         gate_reason: open.gate_reason.clone(),
         recurrences: open.recurrences as i32,
+        type_reason: open.type_reason.clone(),
         dependencies: dependencies.at(end_ms.unwrap_or(open.last_signal_ms)),
     }
 }
@@ -1315,6 +1370,48 @@ mod tests {
         assert_eq!(kinds(&closed), ["closed"]);
         assert!(!closed[0].gated);
         assert_eq!(detector.spike_count(), 1);
+    }
+
+    #[test]
+    fn dependency_classification_table() {
+        // (platform events before the CRM check fails, expected type, reason)
+        let healthy: Vec<MaskedEvent> = (0..200).map(|i| event("voice_inbound", "call_completed", i * 100)).collect();
+        let mut failing = outage(0);
+        failing.extend(healthy.iter().cloned());
+        failing.sort_by_key(|e| e.event_time_ms);
+        let cases = [
+            (
+                healthy,
+                "downstream_dependency",
+                "dependency crm failed at 60000 while the platform signals of every service were healthy",
+            ),
+            (
+                failing,
+                "platform_outage",
+                "dependency crm failed at 60000 while platform signals also failed on voice_inbound (call_failed)",
+            ),
+        ];
+        for (platform, incident_type, reason) in cases {
+            let mut detector = Detector::new(rules());
+            feed(&mut detector, &platform);
+            let changes = detector.observe(&check("crm", false, 60_000), 1, 0);
+            assert_eq!(kinds(&changes), ["opened", "gated"], "{incident_type}");
+            assert_eq!(changes[0].affected_service, "dependency_crm");
+            assert_eq!(changes[0].incident_type, incident_type);
+            assert_eq!(changes[0].type_reason.as_deref(), Some(reason));
+            assert_eq!(changes[0].dependencies[0].name, "crm");
+            assert_eq!(changes[0].dependencies[0].status, "failed");
+        }
+    }
+
+    #[test]
+    fn platform_incident_has_no_type_reason() {
+        let mut detector = Detector::new(rules());
+        detector.observe(&check("crm", false, 0), 1, 0);
+        let changes = feed(&mut detector, &outage(1_000));
+        let voice = changes.iter().find(|c| c.affected_service == "voice_inbound").expect("voice incident");
+        assert_eq!(voice.incident_type, "platform_outage");
+        assert_eq!(voice.type_reason, None);
     }
 
     #[test]
