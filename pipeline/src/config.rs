@@ -344,6 +344,18 @@ pub struct WindowConfig {
     /// Event-time seconds after a close without a breach that reset the
     /// cooldown. Default 3600.
     pub calm_secs: u64,
+    /// Settings of single affected services, by service name, such as
+    /// `[window.services.voice_inbound.thresholds]`. Default none.
+    pub services: BTreeMap<String, ServiceWindowConfig>,
+}
+
+/// The window settings of one affected service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceWindowConfig {
+    /// Thresholds of this service by event type. Each replaces the
+    /// `window.thresholds` entry of its type, and the others still apply.
+    pub thresholds: BTreeMap<String, u64>,
 }
 
 impl Default for WindowConfig {
@@ -369,6 +381,7 @@ impl Default for WindowConfig {
             cooldown_secs: 600,
             cooldown_max_secs: 3600,
             calm_secs: 3600,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -818,6 +831,22 @@ impl Config {
                 ));
             }
         }
+        for (service, settings) in &self.window.services {
+            for (event_type, count) in &settings.thresholds {
+                let name = format!("window.services.{service}.thresholds.{event_type}");
+                if !SIGNAL_EVENT_TYPES.contains(&event_type.as_str()) {
+                    problems.push(format!(
+                        "{name} is not an event type that can be a signal; use one of {}",
+                        SIGNAL_EVENT_TYPES.join(", ")
+                    ));
+                }
+                if *count == 0 {
+                    problems.push(format!(
+                        "{name} is 0, which would open an incident of {service} on no signal; set 1 or more, or remove the entry to use window.thresholds"
+                    ));
+                }
+            }
+        }
         let share = self.window.gate_min_failure_share;
         if !(0.0..=1.0).contains(&share) {
             problems.push(format!(
@@ -963,6 +992,24 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("window.idle_timeout_secs is 0"), "{error}");
         assert!(error.contains("window.allowed_lateness_secs is 604801, above the limit"), "{error}");
+    }
+
+    #[test]
+    fn window_service_thresholds_load_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        let text = "[window.services.voice_inbound.thresholds]\ncall_failed = 20\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.window.services["voice_inbound"].thresholds["call_failed"], 20);
+
+        let mut config = Config::default();
+        let thresholds = &mut config.window.services.entry("chat".into()).or_default().thresholds;
+        thresholds.insert("call_faild".into(), 5);
+        thresholds.insert("ivr_error".into(), 0);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.services.chat.thresholds.call_faild is not an event type that can be a signal"), "{error}");
+        assert!(error.contains("window.services.chat.thresholds.ivr_error is 0, which would open an incident of chat on no signal"), "{error}");
     }
 
     #[test]

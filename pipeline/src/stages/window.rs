@@ -42,6 +42,9 @@ use crate::transport::{Decoded, Emit, Outcome, Reject, Stage, TransportError};
 pub struct WindowRules {
     pub window_ms: i64,
     pub thresholds: BTreeMap<String, u64>,
+    /// Thresholds of single services, by service and event type, which
+    /// replace the entries of `thresholds`.
+    pub service_thresholds: BTreeMap<String, BTreeMap<String, u64>>,
     pub gate_min_duration_ms: i64,
     pub gate_min_failure_share: f64,
     pub quiet_ms: i64,
@@ -67,6 +70,12 @@ impl From<&WindowConfig> for WindowRules {
         WindowRules {
             window_ms: config.window_secs as i64 * 1000,
             thresholds,
+            service_thresholds: config
+                .services
+                .iter()
+                .filter(|(_, settings)| !settings.thresholds.is_empty())
+                .map(|(service, settings)| (service.clone(), settings.thresholds.clone()))
+                .collect(),
             gate_min_duration_ms: config.gate_min_duration_secs as i64 * 1000,
             gate_min_failure_share: config.gate_min_failure_share,
             quiet_ms: config.quiet_secs as i64 * 1000,
@@ -82,6 +91,16 @@ impl From<&WindowConfig> for WindowRules {
 }
 
 impl WindowRules {
+    /// Returns the threshold of `event_type` for `service`, or `None` when
+    /// the type is not a signal.
+    pub fn threshold(&self, service: &str, event_type: &str) -> Option<u64> {
+        self.service_thresholds
+            .get(service)
+            .and_then(|thresholds| thresholds.get(event_type))
+            .or_else(|| self.thresholds.get(event_type))
+            .copied()
+    }
+
     /// Returns the cooldown after `recurrences` recurrences since the last
     /// calm period: the base doubled that many times, at most the maximum.
     pub fn cooldown_ms(&self, recurrences: u32) -> i64 {
@@ -288,7 +307,7 @@ impl Detector {
         if event.total_contacts > 0 || event.failed_contacts > 0 {
             state.volume.push_back(sample.clone());
         }
-        let is_signal = event.failed_contacts > 0 && rules.thresholds.contains_key(&event.event_type);
+        let is_signal = event.failed_contacts > 0 && rules.threshold(&event.affected_service, &event.event_type).is_some();
         if is_signal {
             state
                 .signals
@@ -500,7 +519,9 @@ fn open_on_breach(
     dependencies: &DependencyHistory,
 ) -> Vec<IncidentEvent> {
     let service = event.affected_service.as_str();
-    let threshold = rules.thresholds[&event.event_type];
+    let Some(threshold) = rules.threshold(service, &event.event_type) else {
+        return Vec::new();
+    };
     // A late signal may already be outside the window, and then it has been
     // evicted with its entry.
     let Some(signals) = state.signals.get(&event.event_type) else {
@@ -1412,6 +1433,30 @@ mod tests {
         let voice = changes.iter().find(|c| c.affected_service == "voice_inbound").expect("voice incident");
         assert_eq!(voice.incident_type, "platform_outage");
         assert_eq!(voice.type_reason, None);
+    }
+
+    #[test]
+    fn service_threshold_overrides_default() {
+        let mut config = WindowConfig::default();
+        let chat = config.services.entry("chat".into()).or_default();
+        chat.thresholds.insert("call_failed".into(), 10);
+        let rules = WindowRules::from(&config);
+        assert_eq!(rules.threshold("chat", "call_failed"), Some(10));
+        assert_eq!(rules.threshold("chat", "ivr_error"), Some(50), "other types keep the default");
+        assert_eq!(rules.threshold("voice_inbound", "call_failed"), Some(50));
+
+        // (service, failed calls, expected changes)
+        let cases: [(&str, i64, &[&str]); 3] =
+            [("chat", 9, &[]), ("chat", 10, &["opened", "gated"]), ("voice_inbound", 10, &[])];
+        for (service, failures, expected) in cases {
+            let mut detector = Detector::new(rules.clone());
+            let events: Vec<_> = (0..failures).map(|i| event(service, "call_failed", i * 1000)).collect();
+            let changes = feed(&mut detector, &events);
+            assert_eq!(kinds(&changes), expected, "{service} with {failures} failures");
+            if let Some(opened) = changes.first() {
+                assert_eq!(opened.threshold_count, 10);
+            }
+        }
     }
 
     #[test]
