@@ -153,9 +153,9 @@ impl Detector {
     pub fn observe_at(&mut self, event: &MaskedEvent, partition: i32, offset: i64, now: Instant) -> Vec<IncidentEvent> {
         let origin = Origin { partition, offset };
         let time = event.event_time_ms;
-        // The event's own partition counts even when it was idle, and a
-        // partition's first record is never late: the other partitions'
-        // clocks alone say nothing about how far this one had got.
+        // The event's own partition counts even when it was idle. A
+        // partition's first record is never late, because the other
+        // partitions' clocks do not show how far this one had got.
         let own_clock = self.partition_clocks.get(&partition).map(|(clock, _)| *clock);
         if let (Some(own_clock), Some(stage_watermark)) = (own_clock, self.event_watermark_at(now)) {
             let watermark_ms = stage_watermark.min(own_clock - self.rules.out_of_orderness_ms);

@@ -264,7 +264,8 @@ fn idle_partition_stops_holding_watermark() {
     detector.observe_at(&event("voice_inbound", "call_completed", 10_000), 1, 0, start);
     let later = start + Duration::from_secs(45);
     detector.observe_at(&event("voice_inbound", "call_completed", 100_000), 0, 0, later);
-    // Partition 1 had a record 45 s ago, so it still holds the watermark.
+    // Partition 1 had a record 45 s ago, so the watermark still waits
+    // for it.
     assert_eq!(detector.watermark_at(later), Some(10_000 - 30_000));
     // Past the 60 s idle timeout, only partition 0 counts.
     let idle = start + Duration::from_secs(61);
@@ -313,11 +314,11 @@ fn lateness_boundary_table() {
         detector.observe_at(&event("voice_inbound", "call_completed", 200_000), 0, 0, now);
         assert_eq!(detector.event_watermark_at(now), Some(170_000));
         detector.observe_at(&event("voice_inbound", "call_failed", time_ms), 0, 1, now);
-        let taken = detector.take_late();
-        assert_eq!(taken.len(), usize::from(late), "event at {time_ms} ms");
+        let set_aside = detector.take_late();
+        assert_eq!(set_aside.len(), usize::from(late), "event at {time_ms} ms");
         assert_eq!(detector.late_count(), u64::from(late), "event at {time_ms} ms");
-        if let Some(taken) = taken.first() {
-            assert_eq!((taken.partition, taken.offset, taken.watermark_ms), (0, 1, 170_000));
+        if let Some(late_event) = set_aside.first() {
+            assert_eq!((late_event.partition, late_event.offset, late_event.watermark_ms), (0, 1, 170_000));
         }
     }
 }
@@ -385,10 +386,10 @@ fn outage(start_ms: i64) -> Vec<MaskedEvent> {
 
 #[test]
 fn recurrence_within_cooldown_reopens_table() {
-    // Each outage lasts 49 s and closes at its last signal. (gap from the
-    // previous close to the next breach in s, expected change,
-    // recurrences). The cooldown doubles from 600 s to 1200 s and 2400 s,
-    // and then stops at the 3600 s maximum.
+    // Each outage lasts 49 s and closes at its last signal. The cooldown
+    // doubles from 600 s to 1200 s and 2400 s, and then stops at the
+    // 3600 s maximum. Each case is (gap from the previous close to the
+    // next breach in s, expected change, recurrences).
     let cases: [(i64, &str, i32); 6] = [
         (0, "opened", 0),
         (600, "reopened", 1),
@@ -546,4 +547,63 @@ fn floor_holds_offsets_of_window() {
     feed(&mut detector, &burst(10, 0));
     assert_eq!(detector.floor(0), Some(0));
     assert_eq!(detector.floor(1), None);
+}
+
+/// Encodes `record` with `writer` and decodes it with `reader`, as a
+/// consumer with a schema registry does when the two differ.
+fn resolve_incident(
+    record: apache_avro::types::Value,
+    writer: &apache_avro::Schema,
+    reader: &apache_avro::Schema,
+) -> IncidentEvent {
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+
+    let value = record.resolve(writer).unwrap();
+    let bytes = GenericDatumWriter::builder(writer).build().unwrap().write_value_to_vec(value).unwrap();
+    let read = GenericDatumReader::builder(writer)
+        .maybe_reader_schema(Some(reader))
+        .build()
+        .unwrap()
+        .read_value(&mut &bytes[..])
+        .unwrap();
+    apache_avro::from_value(&read).unwrap()
+}
+
+#[tokio::test]
+async fn incident_schema_resolves_across_versions() {
+    const NEW_FIELDS: [&str; 2] = ["recurrences", "type_reason"];
+    let new_schema = apache_avro::Schema::parse_str(RecordKind::Incident.schema_text()).unwrap();
+    let mut old_json: serde_json::Value = serde_json::from_str(RecordKind::Incident.schema_text()).unwrap();
+    old_json["fields"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|field| !NEW_FIELDS.contains(&field["name"].as_str().unwrap_or_default()));
+    let old_schema = apache_avro::Schema::parse_str(&old_json.to_string()).unwrap();
+
+    let mut detector = Detector::new(rules());
+    detector.observe(&check("crm", false, 0), 0, 0);
+    let mut incident = detector.close_all().remove(0);
+    incident.recurrences = 2;
+    assert!(incident.type_reason.is_some());
+
+    let codec = crate::codec::Codec::single_object().unwrap();
+    let bytes = codec.encode(WINDOWED_INCIDENTS, &Record::Incident(incident.clone())).await.unwrap();
+    let decoded: IncidentEvent = codec.decode(RecordKind::Incident, &bytes).await.unwrap();
+    assert_eq!(decoded, incident);
+
+    // A record of the old schema reads with the defaults.
+    let apache_avro::types::Value::Record(mut fields) = apache_avro::to_value(&incident).unwrap() else {
+        panic!("an incident serializes to an Avro record");
+    };
+    fields.retain(|(name, _)| !NEW_FIELDS.contains(&name.as_str()));
+    let read = resolve_incident(apache_avro::types::Value::Record(fields), &old_schema, &new_schema);
+    assert_eq!(read.recurrences, 0);
+    assert_eq!(read.type_reason, None);
+    assert_eq!(read.incident_id, incident.incident_id);
+
+    // A reader with the old schema skips the new fields.
+    let read = resolve_incident(apache_avro::to_value(&incident).unwrap(), &new_schema, &old_schema);
+    assert_eq!(read.recurrences, 0);
+    assert_eq!(read.incident_id, incident.incident_id);
 }
