@@ -607,3 +607,26 @@ async fn incident_schema_resolves_across_versions() {
     assert_eq!(read.recurrences, 0);
     assert_eq!(read.incident_id, incident.incident_id);
 }
+
+#[tokio::test]
+async fn tick_releases_held_records_after_idle() {
+    let mut stage = WindowStage::new(rules());
+    let batch: Vec<Decoded> = outage(0).into_iter().enumerate().map(|(i, e)| decoded(e, 0, i as i64, i as i64)).collect();
+    let outcomes = stage.process(batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)), "records within the reorder delay are held");
+    assert!(stage.tick(0).await.unwrap().is_empty(), "released before the idle time");
+
+    // No input for longer than REORDER_IDLE: the tick releases every held
+    // record, and the incident they open is sent.
+    stage.last_input = Instant::now().checked_sub(REORDER_IDLE + Duration::from_secs(1));
+    let emits = stage.tick(0).await.unwrap();
+    let changes: Vec<&str> = emits
+        .iter()
+        .filter_map(|emit| match &emit.record {
+            Record::Incident(incident) => Some(incident.change.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, ["opened", "gated"]);
+    assert_eq!(stage.commit_floor("masked", 0), Some(0), "the open incident keeps its first record");
+}
