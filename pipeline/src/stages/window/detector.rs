@@ -257,8 +257,8 @@ impl Detector {
     /// Returns the watermark that closes incidents at the wall-clock instant
     /// `now`. It is the event-time watermark while a partition is active.
     /// When every partition is idle, it is the highest event time seen plus
-    /// the wall-clock time since the last record, so incidents close and
-    /// gates fire at night.
+    /// the wall-clock time since the last record, so incidents close at
+    /// night.
     pub fn watermark_at(&self, now: Instant) -> Option<i64> {
         let (latest, last_seen) = self.last_record?;
         match self.active_partition_floor(now) {
