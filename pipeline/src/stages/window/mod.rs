@@ -89,14 +89,14 @@ impl WindowStage {
             // A replayed record rebuilds state; its outputs were sent before
             // the restart.
             if !replay {
-                emits.extend(Self::incident_emits(observed));
+                emits.extend(self.incident_emits(observed));
                 emits.extend(late.into_iter().map(|late| self.late_emit(late)));
             }
         }
         emits
     }
 
-    fn incident_emits(changes: Vec<IncidentEvent>) -> Vec<Emit> {
+    fn incident_emits(&self, changes: Vec<IncidentEvent>) -> Vec<Emit> {
         changes
             .into_iter()
             .map(|incident| {
@@ -109,6 +109,15 @@ impl WindowStage {
                     recurrences = incident.recurrences,
                     "Incident changed."
                 );
+                if incident.change == "closed" && !incident.gated {
+                    tracing::info!(
+                        stage = "window",
+                        incident_id = %incident.incident_id,
+                        affected_service = %incident.affected_service,
+                        spike_count = self.detector.spike_count(),
+                        "Incident closed below the postmortem gate: a spike, not ticketed."
+                    );
+                }
                 Emit {
                     topic: WINDOWED_INCIDENTS,
                     key: incident.incident_id.clone(),
@@ -202,14 +211,16 @@ impl Stage for WindowStage {
             emits.extend(self.release(i64::MAX));
         }
         let watermark = self.detector.watermark();
-        emits.extend(Self::incident_emits(self.detector.close_quiet(watermark)));
+        let closed = self.detector.close_quiet(watermark);
+        emits.extend(self.incident_emits(closed));
         Ok(emits)
     }
 
     async fn finish(&mut self) -> Result<Vec<Emit>, TransportError> {
         let mut emits = std::mem::take(&mut self.pending);
         emits.extend(self.release(i64::MAX));
-        emits.extend(Self::incident_emits(self.detector.close_all()));
+        let closed = self.detector.close_all();
+        emits.extend(self.incident_emits(closed));
         Ok(emits)
     }
 
