@@ -105,7 +105,9 @@ pub const MIN_MASK_KEY_CHARS: usize = 16;
 
 /// Largest accepted value of the duration settings in seconds
 /// (window.window_secs, window.quiet_secs, window.gate_min_duration_secs,
-/// window.out_of_orderness_secs and archive.snapshot_margin_secs): 7 days.
+/// window.out_of_orderness_secs, window.allowed_lateness_secs,
+/// window.idle_timeout_secs, window.cooldown_secs, window.cooldown_max_secs,
+/// window.calm_secs and archive.snapshot_margin_secs): 7 days.
 pub const MAX_DURATION_SECS: u64 = 604_800;
 
 /// Event types that can be signals, and so the only keys of
@@ -327,6 +329,33 @@ pub struct WindowConfig {
     pub quiet_secs: u64,
     /// How far events may arrive out of order, in seconds. Default 30.
     pub out_of_orderness_secs: u64,
+    /// How far behind the watermark an event may still count, in seconds.
+    /// Later events go to the `late-events` topic. Default 60.
+    pub allowed_lateness_secs: u64,
+    /// Wall-clock seconds without a record after which a partition no
+    /// longer holds the watermark back. Default 60.
+    pub idle_timeout_secs: u64,
+    /// A breach this many event-time seconds after the service's last
+    /// incident closed reopens that incident as a recurrence. Default 600.
+    pub cooldown_secs: u64,
+    /// The cooldown doubles with each recurrence up to this, in seconds.
+    /// Default 3600.
+    pub cooldown_max_secs: u64,
+    /// Event-time seconds after a close without a breach that reset the
+    /// cooldown. Default 3600.
+    pub calm_secs: u64,
+    /// Settings of single affected services, by service name, such as
+    /// `[window.services.voice_inbound.thresholds]`. Default none.
+    pub services: BTreeMap<String, ServiceWindowConfig>,
+}
+
+/// The window settings of one affected service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceWindowConfig {
+    /// Thresholds of this service by event type. Each replaces the
+    /// `window.thresholds` entry of its type, and the others still apply.
+    pub thresholds: BTreeMap<String, u64>,
 }
 
 impl Default for WindowConfig {
@@ -347,6 +376,12 @@ impl Default for WindowConfig {
             gate_min_failure_share: 0.05,
             quiet_secs: 300,
             out_of_orderness_secs: 30,
+            allowed_lateness_secs: 60,
+            idle_timeout_secs: 60,
+            cooldown_secs: 600,
+            cooldown_max_secs: 3600,
+            calm_secs: 3600,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -753,11 +788,28 @@ impl Config {
         if self.window.window_secs == 0 {
             problems.push("window.window_secs is 0; set a window length in seconds such as 300".to_string());
         }
+        if self.window.cooldown_max_secs < self.window.cooldown_secs {
+            problems.push(format!(
+                "window.cooldown_max_secs is {}, below window.cooldown_secs ({}); set it to {} or more",
+                self.window.cooldown_max_secs, self.window.cooldown_secs, self.window.cooldown_secs
+            ));
+        }
+        if self.window.idle_timeout_secs == 0 {
+            problems.push(
+                "window.idle_timeout_secs is 0, which would treat every partition as idle; set a number of seconds such as 60"
+                    .to_string(),
+            );
+        }
         for (name, value) in [
             ("window.window_secs", self.window.window_secs),
             ("window.quiet_secs", self.window.quiet_secs),
             ("window.gate_min_duration_secs", self.window.gate_min_duration_secs),
             ("window.out_of_orderness_secs", self.window.out_of_orderness_secs),
+            ("window.allowed_lateness_secs", self.window.allowed_lateness_secs),
+            ("window.idle_timeout_secs", self.window.idle_timeout_secs),
+            ("window.cooldown_secs", self.window.cooldown_secs),
+            ("window.cooldown_max_secs", self.window.cooldown_max_secs),
+            ("window.calm_secs", self.window.calm_secs),
             ("archive.snapshot_margin_secs", self.archive.snapshot_margin_secs),
         ] {
             if value > MAX_DURATION_SECS {
@@ -777,6 +829,22 @@ impl Config {
                 problems.push(format!(
                     "window.thresholds.{event_type} is 0, which would open an incident on no signal; set 1 or more"
                 ));
+            }
+        }
+        for (service, settings) in &self.window.services {
+            for (event_type, count) in &settings.thresholds {
+                let name = format!("window.services.{service}.thresholds.{event_type}");
+                if !SIGNAL_EVENT_TYPES.contains(&event_type.as_str()) {
+                    problems.push(format!(
+                        "{name} is not an event type that can be a signal; use one of {}",
+                        SIGNAL_EVENT_TYPES.join(", ")
+                    ));
+                }
+                if *count == 0 {
+                    problems.push(format!(
+                        "{name} is 0, which would open an incident of {service} on no signal; set 1 or more, or remove the entry to use window.thresholds"
+                    ));
+                }
             }
         }
         let share = self.window.gate_min_failure_share;
@@ -914,6 +982,43 @@ mod tests {
         std::fs::write(&path, "[window]\nwindow_sec = 120\n").unwrap();
         let error = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("window_sec"), "{error}");
+    }
+
+    #[test]
+    fn window_idle_timeout_of_zero_is_rejected() {
+        let mut config = Config::default();
+        config.window.idle_timeout_secs = 0;
+        config.window.allowed_lateness_secs = 604_801;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.idle_timeout_secs is 0"), "{error}");
+        assert!(error.contains("window.allowed_lateness_secs is 604801, above the limit"), "{error}");
+    }
+
+    #[test]
+    fn window_service_thresholds_load_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        let text = "[window.services.voice_inbound.thresholds]\ncall_failed = 20\n";
+        std::fs::write(&path, text).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.window.services["voice_inbound"].thresholds["call_failed"], 20);
+
+        let mut config = Config::default();
+        let thresholds = &mut config.window.services.entry("chat".into()).or_default().thresholds;
+        thresholds.insert("call_faild".into(), 5);
+        thresholds.insert("ivr_error".into(), 0);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.services.chat.thresholds.call_faild is not an event type that can be a signal"), "{error}");
+        assert!(error.contains("window.services.chat.thresholds.ivr_error is 0, which would open an incident of chat on no signal"), "{error}");
+    }
+
+    #[test]
+    fn window_cooldown_max_below_cooldown_is_rejected() {
+        let mut config = Config::default();
+        config.window.cooldown_secs = 900;
+        config.window.cooldown_max_secs = 600;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("window.cooldown_max_secs is 600, below window.cooldown_secs (900); set it to 900 or more"), "{error}");
     }
 
     #[test]

@@ -124,6 +124,15 @@ pub struct IncidentEvent {
     pub window_ms: i64,
     pub gated: bool,
     pub gate_reason: Option<String>,
+    /// Times the incident breached again within its cooldown after closing
+    /// and was reopened. 0 in records written before the field existed.
+    #[serde(default)]
+    pub recurrences: i32,
+    /// Why the incident has its type: for an incident opened by a failed
+    /// dependency check, the dependency, its status and the platform's
+    /// health at the time. `None` for incidents of platform signals.
+    #[serde(default)]
+    pub type_reason: Option<String>,
     pub dependencies: Vec<DependencyStatus>,
 }
 

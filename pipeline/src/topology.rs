@@ -10,6 +10,9 @@ pub const MASKED: &str = "masked";
 pub const WINDOWED_INCIDENTS: &str = "windowed-incidents";
 pub const TICKETS: &str = "tickets";
 pub const DEAD_LETTER: &str = "dead-letter";
+/// Masked events that arrived after the window's allowed lateness, so that
+/// no event is dropped without a record.
+pub const LATE_EVENTS: &str = "late-events";
 /// Compacted: the last polled interval of each polling source and key.
 pub const SOURCE_CURSORS: &str = "source-cursors";
 
@@ -91,7 +94,7 @@ mod tests {
     #[test]
     fn shipped_topology_parses() {
         let topology = Topology::load_default();
-        for name in [RAW_EVENTS, NORMALIZED, MASKED, WINDOWED_INCIDENTS, TICKETS, DEAD_LETTER, SOURCE_CURSORS] {
+        for name in [RAW_EVENTS, NORMALIZED, MASKED, WINDOWED_INCIDENTS, TICKETS, DEAD_LETTER, LATE_EVENTS, SOURCE_CURSORS] {
             assert!(topology.topic(name).is_some(), "{name}");
         }
         for stage in ["ingest", "normalize", "mask", "window", "ticket", "archive"] {

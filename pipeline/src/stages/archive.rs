@@ -400,6 +400,8 @@ mod tests {
             window_ms: 300_000,
             gated: true,
             gate_reason: None,
+            recurrences: 0,
+            type_reason: None,
             dependencies: Vec::new(),
         }
     }

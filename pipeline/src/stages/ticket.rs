@@ -349,6 +349,8 @@ mod tests {
             window_ms: 300_000,
             gated: true,
             gate_reason: Some("lasted longer than 600 s".into()),
+            recurrences: 0,
+            type_reason: None,
             dependencies: Vec::new(),
         }
     }
