@@ -5,9 +5,11 @@
 //!
 //! Each test writes masked events straight to its own prefixed `masked`
 //! topic, keyed by affected service with increasing record timestamps, as
-//! the mask stage does. A reference run of one `blameless stage window`
-//! process over the same events, on topics of its own, gives the incident
-//! changes that the disturbed run must reproduce.
+//! the mask stage does. A reference run of one window member over the same
+//! events, on topics of its own, gives the incident changes that the
+//! disturbed run must reproduce. Each member is a child
+//! process that runs the stage as `blameless stage window` does, so a member
+//! can be killed with SIGKILL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blameless::codec::Codec;
-use blameless::config::{KafkaConfig, WindowConfig};
+use blameless::config::{Config, KafkaConfig, WindowConfig};
 use blameless::model::{MaskedEvent, Record, RecordKind};
 use blameless::stages::window::{Detector, WindowRules};
 use blameless::topology::{self, Topology};
@@ -104,8 +106,8 @@ impl Traffic {
         events
     }
 
-    /// An event at `second`, shifted by `slot` milliseconds so no two events
-    /// share a timestamp.
+    /// Builds an event at `second`, shifted by `slot` milliseconds so no two
+    /// events share a timestamp.
     fn event(&self, service: &str, event_type: &str, second: i64, slot: usize) -> (i64, MaskedEvent) {
         let time_ms = self.base_ms + second * 1000 + slot as i64;
         let event = MaskedEvent {
@@ -139,7 +141,8 @@ impl Traffic {
     }
 }
 
-/// The incident changes of one detector fed every event, closed at the end.
+/// Returns the incident changes of one detector fed every event and closed
+/// at the end.
 fn detector_changes(events: &[(i64, MaskedEvent)]) -> BTreeSet<(String, String)> {
     let mut detector = Detector::new(WindowRules::from(&WindowConfig::default()));
     let mut offsets = [0i64; PARTITIONS];
@@ -191,11 +194,14 @@ impl TestCluster {
         self.logs.path().join(format!("window-{member}.log"))
     }
 
-    /// Starts `blameless stage window` as a member of the cluster's group.
+    /// Starts a window member of the cluster's group: this test binary
+    /// running `window_member`, which runs the stage as `blameless stage
+    /// window` does.
     fn start_window(&self, member: &str) -> StageProcess {
         let log = std::fs::File::create(self.log_path(member)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_blameless"))
-            .args(["stage", "window"])
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "window_member", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(MEMBER_VARIABLE, member)
             .env("BLAMELESS__KAFKA__BROKERS", &self.kafka.brokers)
             .env("BLAMELESS__KAFKA__TOPIC_PREFIX", &self.prefix)
             .env("BLAMELESS__KAFKA__GROUP_PREFIX", &self.kafka.group_prefix)
@@ -314,8 +320,30 @@ impl TestCluster {
     }
 }
 
-/// A running `blameless stage window` process, killed when dropped, so a
-/// failing test leaves no stage behind.
+/// Set in the environment of a child process that runs `window_member`.
+const MEMBER_VARIABLE: &str = "BLAMELESS_TEST_WINDOW_MEMBER";
+
+/// Runs the window stage on Kafka until the process is killed, when
+/// `MEMBER_VARIABLE` is set, and does nothing otherwise. The tests start it
+/// from their own binary rather than `CARGO_BIN_EXE_blameless`, because a
+/// target directory shared by several worktrees may hold another build of
+/// that binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a window member that the other tests start as a child process"]
+async fn window_member() {
+    let Ok(member) = std::env::var(MEMBER_VARIABLE) else { return };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(std::env::var("BLAMELESS_LOG").unwrap_or_default()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    tracing::info!(member = %member, "Window member starting.");
+    let config = Config::load(None).expect("the member's BLAMELESS__ variables are valid");
+    blameless::app::run_kafka_stage("window", &config, None).await.unwrap();
+}
+
+/// A running window member, killed when dropped, so a failing test leaves
+/// no stage behind.
 struct StageProcess(Child);
 
 impl StageProcess {

@@ -283,6 +283,21 @@ impl Detector {
         closed
     }
 
+    /// Drops the clocks of `partitions` and the state of every service whose
+    /// records come from one of them. Dependency statuses are kept, because
+    /// they are shared by every partition.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.partition_clocks.remove(partition);
+        }
+        self.services.retain(|_, state| {
+            let open = state.open.as_ref().map(|o| o.first_origin);
+            let held = state.volume.iter().chain(state.signals.values().flatten()).map(|s| s.origin);
+            let mut origins = open.into_iter().chain(held);
+            !origins.any(|origin| partitions.contains(&origin.partition))
+        });
+    }
+
     /// Returns the lowest offset of `partition` that the state still keeps.
     pub fn floor(&self, partition: i32) -> Option<i64> {
         self.services
@@ -587,6 +602,28 @@ impl Stage for WindowStage {
             .min();
         [oldest_held, self.detector.floor(partition)].into_iter().flatten().min()
     }
+
+    fn partitions_revoked(&mut self, _topic: &str, partitions: &[i32]) {
+        // The done mark already covers the held records, so the new owner
+        // reads them as replayed and sends none of their changes: the next
+        // tick sends them from here.
+        let revoked: Vec<(i64, i32, i64)> = self
+            .held_records
+            .keys()
+            .filter(|(_, partition, _)| partitions.contains(partition))
+            .copied()
+            .collect();
+        for key in revoked {
+            let (timestamp, partition, offset) = key;
+            let Some((event, replay)) = self.held_records.remove(&key) else { continue };
+            let observed = self.detector.observe(&event, partition, offset);
+            tracing::debug!(stage = "window", partition, offset, timestamp, "Held record of a revoked partition released.");
+            if !replay {
+                self.pending.extend(observed);
+            }
+        }
+        self.detector.forget_partitions(partitions);
+    }
 }
 
 #[cfg(test)]
@@ -793,6 +830,47 @@ mod tests {
             })
             .collect();
         assert_eq!(starts, BTreeSet::from([0, 400_000]));
+    }
+
+    #[tokio::test]
+    async fn revoked_partition_sends_held_changes() {
+        let mut stage = WindowStage::new(rules());
+        // Record timestamps 50 ms apart stay within the reorder hold, so the
+        // stage holds every record of the outage.
+        let batch: Vec<Decoded> = (0..50)
+            .map(|i| decoded(event("voice_inbound", "call_failed", i * 1000), 1, i, 1_000 + i * 50))
+            .collect();
+        let outcomes = stage.process(batch).await.unwrap();
+        assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)), "held records emit nothing yet");
+
+        stage.partitions_revoked("masked", &[1]);
+
+        assert_eq!(stage.commit_floor("masked", 1), None);
+        let emits = stage.tick(0).await.unwrap();
+        let changes: Vec<&str> = emits
+            .iter()
+            .filter_map(|emit| match &emit.record {
+                Record::Incident(incident) => Some(incident.change.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(changes, ["opened", "gated"]);
+    }
+
+    #[test]
+    fn forget_partitions_drops_their_services() {
+        let mut detector = Detector::new(rules());
+        for (i, e) in burst(50, 0).iter().enumerate() {
+            detector.observe(e, 1, i as i64);
+        }
+        detector.observe(&event("chat", "call_completed", 1_000), 2, 0);
+
+        detector.forget_partitions(&[1]);
+
+        assert_eq!(detector.floor(1), None);
+        assert_eq!(detector.floor(2), Some(0));
+        let closed = detector.close_all();
+        assert!(closed.is_empty(), "the incident of a forgotten partition closed: {closed:?}");
     }
 
     #[test]

@@ -55,9 +55,12 @@ fn kafka_error(operation: &'static str) -> impl Fn(KafkaError) -> TransportError
     }
 }
 
-/// Logs partition assignment changes of a stage's consumer.
+/// Logs partition assignment changes of a stage's consumer, and collects
+/// the revoked partitions for the stage.
 pub struct StageContext {
     stage: &'static str,
+    /// Partitions revoked since `KafkaSource::take_revoked` last took them.
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for StageContext {
@@ -90,6 +93,11 @@ impl ConsumerContext for StageContext {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(stage = self.stage, partitions = partitions.count(), "Partitions revoked.");
+                let elements = partitions.elements();
+                let revoked = elements.iter().map(|e| (e.topic().to_string(), e.partition()));
+                // No code panics while it holds the lock, so a poisoned list
+                // is still whole.
+                self.revoked.lock().unwrap_or_else(|e| e.into_inner()).extend(revoked);
             }
             Rebalance::Error(error) => {
                 tracing::warn!(stage = self.stage, error = %error, "Rebalance failed.");
@@ -143,7 +151,10 @@ impl KafkaSource {
             .set("enable.partition.eof", "true")
             // Small fetches per partition keep partitions interleaved.
             .set("max.partition.fetch.bytes", "65536")
-            .create_with_context(StageContext { stage })
+            .create_with_context(StageContext {
+                stage,
+                revoked: Mutex::new(Vec::new()),
+            })
             .map_err(kafka_error("consumer create"))?;
         consumer.subscribe(&[topic]).map_err(kafka_error("subscribe"))?;
         Ok(KafkaSource {
@@ -357,6 +368,11 @@ impl RecordSource for KafkaSource {
             }
         };
         Some((high - offset - 1).max(0))
+    }
+
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        let mut revoked = self.consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *revoked)
     }
 }
 

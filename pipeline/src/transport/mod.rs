@@ -166,6 +166,11 @@ pub trait Stage: Send {
     fn commit_floor(&self, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
+
+    /// Tells the stage that another group member now owns `partitions` of
+    /// `topic`, so it can send what it still holds for them and drop their
+    /// state. The new owner rebuilds that state from the commit floor.
+    fn partitions_revoked(&mut self, _topic: &str, _partitions: &[i32]) {}
 }
 
 /// The input side of a transport.
@@ -182,6 +187,12 @@ pub trait RecordSource: Send {
 
     /// Records behind the end of `partition` after `offset`.
     fn lag(&self, topic: &str, partition: i32, offset: i64) -> Option<i64>;
+
+    /// Returns the partitions revoked from this member since the last call,
+    /// by topic.
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
 }
 
 /// The output side of a transport.
@@ -251,6 +262,17 @@ pub async fn run_stage(
             polled = source.poll(runtime.batch_max_records, runtime.batch_max_wait) => polled?,
             _ = shutdown.changed() => continue,
         };
+        let revoked = source.take_revoked();
+        if !revoked.is_empty() {
+            let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+            for (topic, partition) in revoked {
+                by_topic.entry(topic).or_default().push(partition);
+            }
+            for (topic, partitions) in by_topic {
+                tracing::info!(stage = stage.name(), topic = %topic, partitions = ?partitions, "Partitions revoked; passing them to the stage.");
+                stage.partitions_revoked(&topic, &partitions);
+            }
+        }
         if last_tick.elapsed() >= runtime.tick {
             last_tick = Instant::now();
             let emits = stage.tick(now_ms()).await?;
