@@ -55,9 +55,12 @@ fn kafka_error(operation: &'static str) -> impl Fn(KafkaError) -> TransportError
     }
 }
 
-/// Logs partition assignment changes of a stage's consumer.
+/// Logs partition assignment changes of a stage's consumer, and collects
+/// the revoked partitions for the stage.
 pub struct StageContext {
     stage: &'static str,
+    /// Partitions revoked since `KafkaSource::take_revoked` last took them.
+    revoked: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for StageContext {
@@ -90,6 +93,11 @@ impl ConsumerContext for StageContext {
             }
             Rebalance::Revoke(partitions) => {
                 tracing::info!(stage = self.stage, partitions = partitions.count(), "Partitions revoked.");
+                let elements = partitions.elements();
+                let revoked = elements.iter().map(|e| (e.topic().to_string(), e.partition()));
+                // No code panics while it holds the lock, so a poisoned list
+                // is still whole.
+                self.revoked.lock().unwrap_or_else(|e| e.into_inner()).extend(revoked);
             }
             Rebalance::Error(error) => {
                 tracing::warn!(stage = self.stage, error = %error, "Rebalance failed.");
@@ -117,6 +125,8 @@ pub struct KafkaSource {
     done_marks: HashMap<i32, i64>,
     /// Offset after the last record released, by partition.
     released: HashMap<i32, i64>,
+    /// Caps of the next done marks, by partition (see `cap_done`).
+    done_caps: HashMap<i32, i64>,
 }
 
 const WATERMARK_REFRESH: Duration = Duration::from_secs(10);
@@ -143,7 +153,10 @@ impl KafkaSource {
             .set("enable.partition.eof", "true")
             // Small fetches per partition keep partitions interleaved.
             .set("max.partition.fetch.bytes", "65536")
-            .create_with_context(StageContext { stage })
+            .create_with_context(StageContext {
+                stage,
+                revoked: Mutex::new(Vec::new()),
+            })
             .map_err(kafka_error("consumer create"))?;
         consumer.subscribe(&[topic]).map_err(kafka_error("subscribe"))?;
         Ok(KafkaSource {
@@ -155,6 +168,7 @@ impl KafkaSource {
             high_watermarks: Mutex::new(HashMap::new()),
             done_marks: HashMap::new(),
             released: HashMap::new(),
+            done_caps: HashMap::new(),
         })
     }
 }
@@ -293,6 +307,7 @@ impl RecordSource for KafkaSource {
         batch.retain(|record| assigned.contains(&record.partition));
         self.done_marks.retain(|partition, _| assigned.contains(partition));
         self.released.retain(|partition, _| assigned.contains(partition));
+        self.done_caps.retain(|partition, _| assigned.contains(partition));
         Ok(batch)
     }
 
@@ -304,12 +319,9 @@ impl RecordSource for KafkaSource {
         for (topic, partition, next) in positions {
             // Every released record was processed and its outputs
             // acknowledged, because `run_stage` commits after each batch.
-            let done = self
-                .done_marks
-                .get(partition)
-                .copied()
-                .unwrap_or(0)
-                .max(self.released.get(partition).copied().unwrap_or(*next));
+            let released = self.released.get(partition).copied().unwrap_or(*next);
+            let reached = self.done_caps.get(partition).map_or(released, |cap| released.min(*cap));
+            let done = self.done_marks.get(partition).copied().unwrap_or(0).max(reached);
             self.done_marks.insert(*partition, done);
             list.add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(kafka_error("commit"))?;
@@ -357,6 +369,18 @@ impl RecordSource for KafkaSource {
             }
         };
         Some((high - offset - 1).max(0))
+    }
+
+    fn cap_done(&mut self, _topic: &str, partition: i32, cap: Option<i64>) {
+        match cap {
+            Some(cap) => self.done_caps.insert(partition, cap),
+            None => self.done_caps.remove(&partition),
+        };
+    }
+
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        let mut revoked = self.consumer.context().revoked.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *revoked)
     }
 }
 

@@ -147,6 +147,7 @@ impl MemoryLog {
             topic: topic.to_string(),
             positions,
             done,
+            done_caps: HashMap::new(),
         }
     }
 }
@@ -211,6 +212,8 @@ pub struct MemoryConsumer {
     /// Offsets below this mark, by partition, were processed before this
     /// consumer started: records read again below it are replays.
     done: Vec<i64>,
+    /// Caps of the next done marks, by partition (see `cap_done`).
+    done_caps: HashMap<i32, i64>,
 }
 
 impl MemoryConsumer {
@@ -260,8 +263,12 @@ impl RecordSource for MemoryConsumer {
             // Every record read so far was processed and its outputs
             // acknowledged, because `run_stage` commits after each batch.
             let index = *partition as usize;
+            let reached = match self.done_caps.get(partition) {
+                Some(cap) => self.positions[index].min(*cap),
+                None => self.positions[index],
+            };
             if let Some(done) = self.done.get_mut(index) {
-                *done = (*done).max(self.positions[index]);
+                *done = (*done).max(reached);
             }
             let done = self.done.get(index).copied().unwrap_or(*next);
             state
@@ -269,6 +276,13 @@ impl RecordSource for MemoryConsumer {
                 .insert((self.group.clone(), topic.clone(), *partition), (*next, done));
         }
         Ok(())
+    }
+
+    fn cap_done(&mut self, _topic: &str, partition: i32, cap: Option<i64>) {
+        match cap {
+            Some(cap) => self.done_caps.insert(partition, cap),
+            None => self.done_caps.remove(&partition),
+        };
     }
 
     fn caught_up(&self) -> bool {

@@ -166,6 +166,19 @@ pub trait Stage: Send {
     fn commit_floor(&self, _topic: &str, _partition: i32) -> Option<i64> {
         None
     }
+
+    /// Tells the stage that another group member now owns `partitions` of
+    /// `topic`, so it can send what it still holds for them and drop their
+    /// state. The new owner rebuilds that state from the commit floor.
+    /// Returns the lowest offset of `partition` whose outputs the stage has
+    /// not sent yet, such as a record it holds back: the done mark of a
+    /// commit stays below it, so a restart processes that record as new.
+    /// `None` when every processed record's outputs are sent.
+    fn done_floor(&self, _topic: &str, _partition: i32) -> Option<i64> {
+        None
+    }
+
+    fn partitions_revoked(&mut self, _topic: &str, _partitions: &[i32]) {}
 }
 
 /// The input side of a transport.
@@ -177,11 +190,21 @@ pub trait RecordSource: Send {
     /// Commits the next offset to read for each (topic, partition).
     async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError>;
 
+    /// Keeps the done mark of the next commit of `partition` at or below
+    /// `cap` (see [`Stage::done_floor`]); `None` lifts the cap.
+    fn cap_done(&mut self, _topic: &str, _partition: i32, _cap: Option<i64>) {}
+
     /// Returns whether every record that exists now was read (a finite input is done).
     fn caught_up(&self) -> bool;
 
     /// Records behind the end of `partition` after `offset`.
     fn lag(&self, topic: &str, partition: i32, offset: i64) -> Option<i64>;
+
+    /// Returns the partitions revoked from this member since the last call,
+    /// by topic.
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
 }
 
 /// The output side of a transport.
@@ -251,6 +274,17 @@ pub async fn run_stage(
             polled = source.poll(runtime.batch_max_records, runtime.batch_max_wait) => polled?,
             _ = shutdown.changed() => continue,
         };
+        let revoked = source.take_revoked();
+        if !revoked.is_empty() {
+            let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+            for (topic, partition) in revoked {
+                by_topic.entry(topic).or_default().push(partition);
+            }
+            for (topic, partitions) in by_topic {
+                tracing::info!(stage = stage.name(), topic = %topic, partitions = ?partitions, "Partitions revoked; passing them to the stage.");
+                stage.partitions_revoked(&topic, &partitions);
+            }
+        }
         if last_tick.elapsed() >= runtime.tick {
             last_tick = Instant::now();
             let emits = stage.tick(now_ms()).await?;
@@ -387,6 +421,9 @@ async fn process_batch(
                 .with_label_values(&[topic.as_str(), &partition.to_string()])
                 .set(lag);
         }
+    }
+    for (topic, partition, _) in &commits {
+        source.cap_done(topic, *partition, stage.done_floor(topic, *partition));
     }
     source.commit(&commits).await?;
     tracing::debug!(stage = stage.name(), records = batch.len(), replayed, produced, "Batch committed.");

@@ -345,6 +345,22 @@ impl Detector {
         closed
     }
 
+    /// Drops the clocks of `partitions` and the state of every service whose
+    /// records come from one of them. Dependency statuses are kept, because
+    /// they are shared by every partition.
+    pub fn forget_partitions(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.partition_clocks.remove(partition);
+        }
+        self.services.retain(|_, state| {
+            let open = state.open.as_ref().map(|o| o.first_origin);
+            let closed = state.closed.as_ref().map(|c| c.incident.first_origin);
+            let held = state.volume.iter().chain(state.signals.values().flatten()).map(|s| s.origin);
+            let mut origins = open.into_iter().chain(closed).chain(held);
+            !origins.any(|origin| partitions.contains(&origin.partition))
+        });
+    }
+
     /// Returns the lowest offset of `partition` that the state still keeps.
     pub fn floor(&self, partition: i32) -> Option<i64> {
         self.services

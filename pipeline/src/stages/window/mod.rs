@@ -74,6 +74,16 @@ impl WindowStage {
         }
     }
 
+    /// Returns the offset of the oldest record of `partition` held for
+    /// reordering.
+    fn oldest_held(&self, partition: i32) -> Option<i64> {
+        self.held_records
+            .keys()
+            .filter(|(_, held_partition, _)| *held_partition == partition)
+            .map(|(_, _, offset)| *offset)
+            .min()
+    }
+
     /// Feeds the detector every held record accepted before `until_ms`, in
     /// the order they were accepted, and returns the outputs it causes.
     fn release(&mut self, until_ms: i64) -> Vec<Emit> {
@@ -225,13 +235,22 @@ impl Stage for WindowStage {
     }
 
     fn commit_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
-        let oldest_held = self
-            .held_records
-            .keys()
-            .filter(|(_, held_partition, _)| *held_partition == partition)
-            .map(|(_, _, offset)| *offset)
-            .min();
-        [oldest_held, self.detector.floor(partition)].into_iter().flatten().min()
+        [self.oldest_held(partition), self.detector.floor(partition)].into_iter().flatten().min()
+    }
+
+    fn done_floor(&self, _topic: &str, partition: i32) -> Option<i64> {
+        // A held record has not been fed to the detector yet, so its
+        // changes are not sent: the done mark must stay below it.
+        self.oldest_held(partition)
+    }
+
+    fn partitions_revoked(&mut self, _topic: &str, partitions: &[i32]) {
+        // The done mark stays below every held record, so the new owner
+        // processes them as new and sends their changes: here they are
+        // dropped with the state of the revoked partitions.
+        self.held_records.retain(|(_, partition, _), _| !partitions.contains(partition));
+        self.detector.forget_partitions(partitions);
+        tracing::info!(stage = "window", partitions = ?partitions, "State of revoked partitions dropped.");
     }
 }
 

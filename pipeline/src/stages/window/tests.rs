@@ -630,3 +630,40 @@ async fn tick_releases_held_records_after_idle() {
     assert_eq!(changes, ["opened", "gated"]);
     assert_eq!(stage.commit_floor("masked", 0), Some(0), "the open incident keeps its first record");
 }
+
+#[tokio::test]
+async fn revoked_partition_drops_held_records() {
+    let mut stage = WindowStage::new(rules());
+    // Record timestamps 50 ms apart stay within the reorder hold, so the
+    // stage holds every record of the outage.
+    let batch: Vec<Decoded> = (0..50)
+        .map(|i| decoded(event("voice_inbound", "call_failed", i * 1000), 1, i, 1_000 + i * 50))
+        .collect();
+    let outcomes = stage.process(batch).await.unwrap();
+    assert!(outcomes.iter().all(|o| o.as_ref().is_ok_and(Vec::is_empty)), "held records emit nothing yet");
+    assert_eq!(stage.done_floor("masked", 1), Some(0));
+
+    stage.partitions_revoked("masked", &[1]);
+
+    // The new owner processes the held records as new, so this member
+    // sends none of their changes.
+    assert_eq!(stage.commit_floor("masked", 1), None);
+    assert_eq!(stage.done_floor("masked", 1), None);
+    assert!(stage.finish().await.unwrap().is_empty());
+}
+
+#[test]
+fn forget_partitions_drops_their_services() {
+    let mut detector = Detector::new(rules());
+    for (i, e) in burst(50, 0).iter().enumerate() {
+        detector.observe(e, 1, i as i64);
+    }
+    detector.observe(&event("chat", "call_completed", 1_000), 2, 0);
+
+    detector.forget_partitions(&[1]);
+
+    assert_eq!(detector.floor(1), None);
+    assert_eq!(detector.floor(2), Some(0));
+    let closed = detector.close_all();
+    assert!(closed.is_empty(), "the incident of a forgotten partition closed: {closed:?}");
+}
