@@ -50,6 +50,10 @@ pub struct TicketPayload {
     pub failed_contacts: i64,
     pub total_contacts: i64,
     pub gate_reason: Option<String>,
+    /// Why a dependency incident has its type: the dependency, its status
+    /// and the failing services, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +85,7 @@ impl TicketPayload {
             failed_contacts: incident.failed_contacts,
             total_contacts: incident.total_contacts,
             gate_reason: incident.gate_reason.clone(),
+            type_reason: incident.type_reason.clone(),
         }
     }
 }

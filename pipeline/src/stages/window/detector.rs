@@ -521,7 +521,12 @@ fn classify(event: &MaskedEvent, platform_failures: &[(String, String)]) -> (&'s
     let Some(check) = event.dependency.as_ref().filter(|_| event.event_type == "dependency_check") else {
         return ("platform_outage", None);
     };
-    let failed = format!("dependency {} failed at {}", check.name, event.event_time_ms);
+    // An ISO-8601 time, because a bare epoch millisecond count reads as a
+    // phone number to the blameless-document check of the ticket stage.
+    let at = chrono::DateTime::from_timestamp_millis(event.event_time_ms)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| event.event_time_ms.to_string());
+    let failed = format!("dependency {} failed at {at}", check.name);
     if platform_failures.is_empty() {
         let reason = format!("{failed} while the platform signals of every service were healthy");
         return ("downstream_dependency", Some(reason));

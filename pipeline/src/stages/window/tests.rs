@@ -486,12 +486,12 @@ fn dependency_classification_table() {
         (
             healthy,
             "downstream_dependency",
-            "dependency crm failed at 60000 while the platform signals of every service were healthy",
+            "dependency crm failed at 1970-01-01T00:01:00.000Z while the platform signals of every service were healthy",
         ),
         (
             failing,
             "platform_outage",
-            "dependency crm failed at 60000 while platform signals also failed on voice_inbound (call_failed)",
+            "dependency crm failed at 1970-01-01T00:01:00.000Z while platform signals also failed on voice_inbound (call_failed)",
         ),
     ];
     for (platform, incident_type, reason) in cases {
