@@ -47,7 +47,7 @@ pub fn done_metadata(done_until: i64) -> String {
     format!("done={done_until}")
 }
 
-/// Reads [`done_metadata`]; any other text, such as another client's
+/// Reads [`done_metadata`]. Any other text, such as another client's
 /// metadata, gives `None`.
 pub fn parse_done_metadata(metadata: &str) -> Option<i64> {
     metadata.strip_prefix("done=")?.parse().ok()
@@ -191,7 +191,7 @@ pub trait RecordSource: Send {
     async fn commit(&mut self, positions: &[(String, i32, i64)]) -> Result<(), TransportError>;
 
     /// Keeps the done mark of the next commit of `partition` at or below
-    /// `cap` (see [`Stage::done_floor`]); `None` lifts the cap.
+    /// `cap` (see [`Stage::done_floor`]). `None` lifts the cap.
     fn cap_done(&mut self, _topic: &str, _partition: i32, _cap: Option<i64>) {}
 
     /// Returns whether every record that exists now was read (a finite input is done).
