@@ -16,7 +16,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use zeroize::Zeroizing;
@@ -138,34 +137,12 @@ impl AttachmentStore {
     /// `ArchiveStore::open` does for the archive. S3 settings come from the
     /// `AWS_*` variables.
     pub fn open(location: &str) -> Result<AttachmentStore, AttachmentError> {
-        let url_error = |reason: String| AttachmentError::StoreUrl {
-            url: location.to_string(),
-            reason,
-        };
-        if !location.contains("://") {
-            std::fs::create_dir_all(location).map_err(|e| url_error(e.to_string()))?;
-            let absolute = std::fs::canonicalize(location).map_err(|e| url_error(e.to_string()))?;
-            let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|e| url_error(e.to_string()))?;
-            return Ok(AttachmentStore {
-                store: Arc::new(store),
-                prefix: StorePath::default(),
-                url: format!("file://{}", absolute.display()),
-            });
-        }
-        let url = url::Url::parse(location).map_err(|e| url_error(e.to_string()))?;
-        if url.scheme() == "file" {
-            std::fs::create_dir_all(url.path()).map_err(|e| url_error(e.to_string()))?;
-        }
-        let options: Vec<(String, String)> = std::env::vars()
-            .filter(|(name, _)| name.starts_with("AWS_"))
-            .map(|(name, value)| (name.to_ascii_lowercase(), value))
-            .collect();
-        let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| url_error(e.to_string()))?;
-        Ok(AttachmentStore {
-            store: Arc::from(store),
-            prefix,
-            url: location.trim_end_matches('/').to_string(),
-        })
+        let (store, prefix, url) =
+            crate::stages::archive::open_location(location).map_err(|reason| AttachmentError::StoreUrl {
+                url: location.to_string(),
+                reason,
+            })?;
+        Ok(AttachmentStore { store, prefix, url })
     }
 
     fn folder(incident_id: &str) -> String {

@@ -37,6 +37,30 @@ pub enum ArchiveError {
     Format { location: String, reason: String },
 }
 
+/// Opens a folder path, a `file://` URL or an object store URL, and returns
+/// the store, the prefix inside it and the URL that names it. A local folder
+/// is created when missing. S3 settings (endpoint, region, credentials) come
+/// from the usual `AWS_*` variables. An error is the reason, for the
+/// caller's error type.
+pub fn open_location(location: &str) -> Result<(Arc<dyn ObjectStore>, StorePath, String), String> {
+    if !location.contains("://") {
+        std::fs::create_dir_all(location).map_err(|e| e.to_string())?;
+        let absolute = std::fs::canonicalize(location).map_err(|e| e.to_string())?;
+        let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|e| e.to_string())?;
+        return Ok((Arc::new(store), StorePath::default(), format!("file://{}", absolute.display())));
+    }
+    let url = url::Url::parse(location).map_err(|e| e.to_string())?;
+    if url.scheme() == "file" {
+        std::fs::create_dir_all(url.path()).map_err(|e| e.to_string())?;
+    }
+    let options: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value))
+        .collect();
+    let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| e.to_string())?;
+    Ok((Arc::from(store), prefix, location.trim_end_matches('/').to_string()))
+}
+
 /// An object store and the prefix inside it.
 #[derive(Clone)]
 pub struct ArchiveStore {
@@ -50,34 +74,11 @@ impl ArchiveStore {
     /// settings (endpoint, region, credentials) come from the usual `AWS_*`
     /// variables.
     pub fn open(location: &str) -> Result<ArchiveStore, ArchiveError> {
-        let url_error = |reason: String| ArchiveError::Url {
+        let (store, prefix, url) = open_location(location).map_err(|reason| ArchiveError::Url {
             url: location.to_string(),
             reason,
-        };
-        if !location.contains("://") {
-            std::fs::create_dir_all(location).map_err(|e| url_error(e.to_string()))?;
-            let absolute = std::fs::canonicalize(location).map_err(|e| url_error(e.to_string()))?;
-            let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|e| url_error(e.to_string()))?;
-            return Ok(ArchiveStore {
-                store: Arc::new(store),
-                prefix: StorePath::default(),
-                url: format!("file://{}", absolute.display()),
-            });
-        }
-        let url = url::Url::parse(location).map_err(|e| url_error(e.to_string()))?;
-        if url.scheme() == "file" {
-            std::fs::create_dir_all(url.path()).map_err(|e| url_error(e.to_string()))?;
-        }
-        let options: Vec<(String, String)> = std::env::vars()
-            .filter(|(name, _)| name.starts_with("AWS_"))
-            .map(|(name, value)| (name.to_ascii_lowercase(), value))
-            .collect();
-        let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| url_error(e.to_string()))?;
-        Ok(ArchiveStore {
-            store: Arc::from(store),
-            prefix,
-            url: location.trim_end_matches('/').to_string(),
-        })
+        })?;
+        Ok(ArchiveStore { store, prefix, url })
     }
 
     fn path(&self, relative: &str) -> StorePath {
