@@ -272,7 +272,7 @@ impl TestCluster {
         changes
     }
 
-    /// Waits until `windowed-incidents` holds `count` changes named
+    /// Waits until `windowed-incidents` contains `count` changes named
     /// `change`, or fails after `limit` with the member logs' tails.
     async fn wait_for_changes(&self, change: &str, count: usize, limit: Duration) -> Vec<(String, String)> {
         let deadline = Instant::now() + limit;

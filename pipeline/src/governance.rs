@@ -428,7 +428,8 @@ mod tests {
         rules
     }
 
-    /// A ticket payload as the pipeline wrote it for the example outage.
+    /// Returns a ticket payload as the pipeline wrote it for the example
+    /// outage.
     fn real_ticket() -> Value {
         json!({
             "incident_id": "2897e5dd-8b97-5c79-847f-5cce90e4d6bc",

@@ -634,8 +634,8 @@ async fn tick_releases_held_records_after_idle() {
 #[tokio::test]
 async fn revoked_partition_drops_held_records() {
     let mut stage = WindowStage::new(rules());
-    // Record timestamps 50 ms apart stay within the reorder hold, so the
-    // stage holds every record of the outage.
+    // Record timestamps 50 ms apart stay within the reorder delay, so the
+    // stage keeps every record of the outage back.
     let batch: Vec<Decoded> = (0..50)
         .map(|i| decoded(event("voice_inbound", "call_failed", i * 1000), 1, i, 1_000 + i * 50))
         .collect();
