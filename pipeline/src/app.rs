@@ -16,10 +16,10 @@ use crate::stages::archive::{ArchiveStage, ArchiveStore};
 use crate::stages::ingest;
 use crate::stages::mask::{MaskStage, Masker};
 use crate::stages::normalize::NormalizeStage;
-use crate::stages::ticket::{OutboxSink, TicketStage};
+use crate::stages::ticket::{build_sink, TicketStage};
 use crate::stages::window::{WindowRules, WindowStage};
 use crate::topology::{self, Topology};
-use crate::transport::kafka::{KafkaSink, KafkaSource};
+use crate::transport::kafka::{read_topic_to_end, KafkaSink, KafkaSource, TopicRecord};
 use crate::transport::memory::{MemoryLog, MemorySink};
 use crate::transport::{
     decode_record, run_stage, RecordSink, RunReport, RunUntil, Stage, StageRuntime, TopicNames,
@@ -29,7 +29,7 @@ use crate::transport::{
 pub const CONSUMING_STAGES: [&str; 5] = ["normalize", "mask", "archive", "window", "ticket"];
 
 /// Builds the record logic of a consuming stage.
-pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>> {
+pub fn build_stage(name: &str, config: &Config, metrics: &Metrics) -> anyhow::Result<Box<dyn Stage>> {
     Ok(match name {
         "normalize" => Box::new(NormalizeStage::new(&config.normalize)),
         "mask" => {
@@ -37,16 +37,30 @@ pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>
         }
         "window" => Box::new(WindowStage::new(WindowRules::from(&config.window))),
         "archive" => Box::new(ArchiveStage::new(ArchiveStore::open(&config.archive.url)?)),
-        "ticket" => Box::new(TicketStage::new(
-            OutboxSink::new(config.ticket.outbox_dir.clone()),
-            ArchiveStore::open(&config.archive.url)?,
-            ArchiveStore::open(&config.archive.cold_url)?,
-            config.archive.snapshot_margin_secs as i64 * 1000,
-        )),
+        "ticket" => Box::new(ticket_stage(config, metrics)?),
         other => anyhow::bail!(
             "unknown stage {other:?}; the stages are ingest, normalize, mask, window, ticket and archive"
         ),
     })
+}
+
+/// Builds the ticket stage with the sink that the settings choose.
+pub fn ticket_stage(config: &Config, metrics: &Metrics) -> anyhow::Result<TicketStage> {
+    if config.ticket.review {
+        tracing::info!(
+            stage = "ticket",
+            outbox = %config.ticket.outbox_dir.display(),
+            "Review mode: tickets go to the outbox folder; no ticket system is contacted."
+        );
+    }
+    Ok(TicketStage::new(
+        build_sink(&config.ticket)?,
+        ArchiveStore::open(&config.archive.url)?,
+        ArchiveStore::open(&config.archive.cold_url)?,
+        config.archive.snapshot_margin_secs as i64 * 1000,
+    )
+    .with_circuit_wait(Duration::from_secs(config.ticket.circuit_open_secs))
+    .with_metrics(metrics.ticket()))
 }
 
 pub fn codec_for(config: &Config) -> anyhow::Result<Codec> {
@@ -119,7 +133,12 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     for name in CONSUMING_STAGES {
-        let mut stage = build_stage(name, config)?;
+        let mut stage = build_stage(name, config, &metrics)?;
+        if let Some(state) = stage.restore_topic() {
+            let records = log.records(state.0).into_iter().map(|record| (record.partition, record.offset, record.payload));
+            let restored = decode_state(&codec, stage.as_ref(), state, records).await;
+            stage.restore(restored);
+        }
         let spec = topology.stage(name).context("stage missing from topology")?;
         let input_topic = spec.input.clone().context("consuming stage without input")?;
         let mut source = log.consumer(&spec.consumer_group, &input_topic);
@@ -164,20 +183,47 @@ async fn summarize(report: &mut EmbeddedReport, log: &MemoryLog, codec: &Codec) 
     Ok(())
 }
 
+/// Decodes the records of a stage's state topic. A record that does not
+/// decode is skipped with a warning: the stage's own checks (such as the
+/// ticket stage's search before a create) cover what it held.
+async fn decode_state(
+    codec: &Codec,
+    stage: &dyn Stage,
+    (topic, kind): (&str, RecordKind),
+    records: impl IntoIterator<Item = TopicRecord>,
+) -> Vec<Record> {
+    let mut decoded = Vec::new();
+    for (partition, offset, payload) in records {
+        let Some(payload) = payload else { continue };
+        match decode_record(codec, kind, &payload).await {
+            Ok(record) => decoded.push(record),
+            Err(error) => tracing::warn!(
+                stage = stage.name(),
+                topic,
+                partition,
+                offset,
+                error = %error,
+                "State record does not decode; skipped."
+            ),
+        }
+    }
+    decoded
+}
+
 /// Runs one stage as a member of its consumer group on Kafka until Ctrl-C or
 /// SIGTERM. The ingest stage reads `input` instead of a topic.
 pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     // Checks the stage name and its settings before anything starts.
     let stage = match name {
         "ingest" => None,
-        _ => Some(build_stage(name, config)?),
+        _ => Some(build_stage(name, config, &metrics)?),
     };
     let topology = Topology::load_default();
     let codec = codec_for(config)?;
     let topics = TopicNames {
         prefix: config.kafka.topic_prefix.clone(),
     };
-    let metrics = Metrics::new();
     // The ingest command lives for one file: it serves no metrics.
     if !config.metrics.address.is_empty() && name != "ingest" {
         // Bound before the stage starts, so a bad address or a port in use
@@ -209,7 +255,15 @@ pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) 
     let spec = topology.stage(name).context("stage missing from topology")?;
     let input_topic = topics.physical(spec.input.as_deref().context("consuming stage without input")?);
     let group = format!("{}-{}", config.kafka.group_prefix, name);
-    let mut source = KafkaSource::new(&config.kafka, stage.name(), &group, &input_topic)?;
+    if let Some(state) = stage.restore_topic() {
+        let physical = topics.physical(state.0);
+        let kafka = config.kafka.clone();
+        let reader = stage.name();
+        let records = tokio::task::spawn_blocking(move || read_topic_to_end(&kafka, &physical, reader)).await??;
+        let restored = decode_state(&codec, stage.as_ref(), state, records).await;
+        stage.restore(restored);
+    }
+    let mut source = KafkaSource::new(&config.kafka, stage.name(), &group, &input_topic, stage.max_processing_time())?;
     let stage_runtime = runtime(config, codec, topics, &metrics, name);
 
     let (stop, shutdown) = tokio::sync::watch::channel(false);

@@ -11,6 +11,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod ticket;
+pub use ticket::{JiraConfig, JiraFieldMapping, ServiceNowConfig, TicketConfig, WebhookConfig};
+
 /// A secret value: prints as `[redacted]` in `Debug` and `Display`.
 #[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -382,25 +385,6 @@ impl Default for WindowConfig {
             cooldown_max_secs: 3600,
             calm_secs: 3600,
             services: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TicketConfig {
-    /// Ticket sink. Only `outbox` (one JSON file per ticket in
-    /// `outbox_dir`) exists so far. Default `outbox`.
-    pub sink: String,
-    /// Folder of the outbox sink. Default `out/tickets`.
-    pub outbox_dir: PathBuf,
-}
-
-impl Default for TicketConfig {
-    fn default() -> TicketConfig {
-        TicketConfig {
-            sink: "outbox".into(),
-            outbox_dir: PathBuf::from("out/tickets"),
         }
     }
 }
@@ -779,6 +763,7 @@ impl Config {
             self.mask.previous_key = read_key_file(path)?;
         }
         self.attachments.read_key_files()?;
+        self.ticket.read_secret_files()?;
         Ok(())
     }
 
@@ -866,12 +851,7 @@ impl Config {
         self.sources.genesys.validate(&mut problems);
         self.sources.nice.validate(&mut problems);
         self.attachments.validate(&mut problems);
-        if self.ticket.sink != "outbox" {
-            problems.push(format!(
-                "ticket.sink is {:?}; the supported sink is \"outbox\"",
-                self.ticket.sink
-            ));
-        }
+        self.ticket.validate(&mut problems);
         if self.stage.batch_max_records == 0 {
             problems.push("stage.batch_max_records is 0; set 1 or more".to_string());
         }

@@ -7,6 +7,7 @@ pub mod attachments;
 pub mod codec;
 pub mod config;
 pub mod governance;
+pub mod http_retry;
 pub mod metrics;
 pub mod model;
 pub mod publish;

@@ -16,6 +16,8 @@ use blameless::sources;
 use blameless::stages::ingest;
 use blameless::stages::mask::Masker;
 use blameless::stages::normalize::Normalizer;
+use blameless::stages::ticket::send::send_file;
+use blameless::metrics::Metrics;
 use blameless::config::Config;
 use blameless::topology::Topology;
 use blameless::transport::kafka::{apply_topology, TopicState};
@@ -48,11 +50,21 @@ enum Command {
         /// configuration names them.
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// Review mode: tickets go to the outbox folder whatever
+        /// ticket.sink says, so no ticket system is contacted.
+        #[arg(long)]
+        review: bool,
     },
     /// Run one stage as a member of its consumer group on Kafka.
     Stage {
         /// ingest, normalize, mask, window, ticket or archive.
         name: String,
+        /// Review mode, for a replay: the ticket stage writes tickets to the
+        /// outbox folder whatever ticket.sink says, so no ticket system is
+        /// contacted. Run a replay under its own kafka.topic_prefix, so its
+        /// ledger records stay out of the live `tickets` topic.
+        #[arg(long)]
+        review: bool,
         /// Input of the ingest stage, the only stage that reads a file: a
         /// JSON Lines file, a .json file holding one payload, or a folder of
         /// .json and .jsonl files.
@@ -89,6 +101,11 @@ enum Command {
         /// line by line as text.
         #[arg(long)]
         input: PathBuf,
+    },
+    /// Send tickets without Kafka, to check a ticket system's settings.
+    Ticket {
+        #[command(subcommand)]
+        action: TicketAction,
     },
     /// Manage the topics of topology/.
     Topology {
@@ -159,6 +176,23 @@ enum SourceKind {
 }
 
 #[derive(Subcommand)]
+enum TicketAction {
+    /// Push incident records through the configured ticket sink (settings:
+    /// [ticket]), as the ticket stage would: try a field mapping against a
+    /// sandbox project before an outage. Run twice, it creates nothing new.
+    Send {
+        /// Incident records as JSON Lines, one windowed-incidents record per
+        /// line (the fields of schemas/incident_event.avsc).
+        #[arg(long)]
+        input: PathBuf,
+        /// Ledger of the tickets this command made, as JSON Lines; it plays
+        /// the part of the tickets topic, and is created when missing.
+        #[arg(long, default_value = "out/ticket-ledger.jsonl")]
+        ledger: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopologyAction {
     /// Create missing topics and report drift of existing ones.
     Apply,
@@ -167,6 +201,10 @@ enum TopologyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // Crash points for the tests, from FAILPOINTS; only in builds with the
+    // `failpoints` feature.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,14 +237,21 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let mut config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Run { embedded: _, input, out } => {
+        Command::Run {
+            embedded: _,
+            input,
+            out,
+            review,
+        } => {
             // clap rejects `run` without --embedded, so this is the embedded run.
             apply_out_dir(&mut config, &out);
+            config.ticket.review |= review;
             let report = app::run_embedded(&config, &input).await?;
             print_report(&report);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stage { name, input } => {
+        Command::Stage { name, input, review } => {
+            config.ticket.review |= review;
             if let Some(path) = &input {
                 if name != "ingest" && app::CONSUMING_STAGES.contains(&name.as_str()) {
                     anyhow::bail!(
@@ -250,6 +295,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if drifted { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         Command::Attachment { action } => run_attachment(&config, action).await,
+        Command::Ticket {
+            action: TicketAction::Send { input, ledger },
+        } => send_tickets(&config, &input, &ledger).await,
     }
 }
 
@@ -424,6 +472,31 @@ fn print_events(config: &Config, input: &std::path::Path, masker: Option<&Masker
         delivered.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `blameless ticket send`: prints one line per incident on stdout,
+/// each failure on stderr, and exits 1 when any line failed.
+async fn send_tickets(config: &Config, input: &std::path::Path, ledger: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if let Some(folder) = ledger.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("could not create the folder {} of the ledger file", folder.display()))?;
+    }
+    let mut stage = app::ticket_stage(config, &Metrics::new())?;
+    let report = send_file(&mut stage, input, ledger).await?;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    for failure in &report.failures {
+        eprintln!("{failure}");
+    }
+    eprintln!(
+        "{} incidents sent through {}, {} failed. Ledger: {}",
+        report.lines.len(),
+        config.ticket.effective_sink(),
+        report.failures.len(),
+        ledger.display()
+    );
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Places the archive and the outbox under `out` unless the configuration

@@ -12,6 +12,8 @@ pub const DEAD_LETTERS: &str = "blameless_dead_letters_total";
 pub const PROCESSING_SECONDS: &str = "blameless_batch_processing_seconds";
 pub const CONSUMER_LAG: &str = "blameless_consumer_lag_records";
 pub const HTTP_REQUESTS: &str = "blameless_http_requests_total";
+pub const TICKET_REJECTIONS: &str = "blameless_ticket_rejections_total";
+pub const TICKET_CIRCUIT_OPEN: &str = "blameless_ticket_circuit_open";
 
 /// Every metric of a process, labelled by stage.
 #[derive(Clone)]
@@ -23,6 +25,16 @@ pub struct Metrics {
     processing_seconds: HistogramVec,
     consumer_lag: IntGaugeVec,
     http_requests: IntCounterVec,
+    ticket: TicketMetrics,
+}
+
+/// Metrics of the ticket stage, by ticket system.
+#[derive(Clone)]
+pub struct TicketMetrics {
+    /// Incidents the ticket system refused, sent to the dead-letter topic.
+    pub rejected: IntCounterVec,
+    /// 1 while the ticket system is unavailable and the stage waits.
+    pub circuit_open: IntGaugeVec,
 }
 
 /// The metrics of one stage.
@@ -80,6 +92,18 @@ impl Metrics {
         )
         .expect("valid counter");
         registry.register(Box::new(http_requests.clone())).expect("unique counter");
+        let rejected = IntCounterVec::new(
+            Opts::new(TICKET_REJECTIONS, "Incidents a ticket system refused in a way retrying cannot fix; they went to the dead-letter topic."),
+            &["system"],
+        )
+        .expect("valid counter");
+        registry.register(Box::new(rejected.clone())).expect("unique counter");
+        let circuit_open = IntGaugeVec::new(
+            Opts::new(TICKET_CIRCUIT_OPEN, "1 while a ticket system is unavailable and the ticket stage waits for it."),
+            &["system"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(circuit_open.clone())).expect("unique gauge");
         Metrics {
             registry,
             records_in,
@@ -88,7 +112,12 @@ impl Metrics {
             processing_seconds,
             consumer_lag,
             http_requests,
+            ticket: TicketMetrics { rejected, circuit_open },
         }
+    }
+
+    pub fn ticket(&self) -> TicketMetrics {
+        self.ticket.clone()
     }
 
     pub fn stage(&self, stage: &str) -> StageMetrics {

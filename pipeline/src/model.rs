@@ -143,6 +143,11 @@ pub struct TicketRecord {
     pub incident_id: String,
     pub system: String,
     pub ticket_key: String,
+    /// The id the system's API updates the ticket by, when it differs from
+    /// the key (a ServiceNow sys_id). `None` in records written before the
+    /// field existed.
+    #[serde(default)]
+    pub ticket_id: Option<String>,
     pub ticket_url: String,
     pub status: String,
     pub data_snapshot_url: String,

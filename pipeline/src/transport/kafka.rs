@@ -24,7 +24,7 @@ use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -141,8 +141,21 @@ const MERGE_MAX_IDLE: Duration = Duration::from_secs(3);
 const END_MARGIN_MS: i64 = 1000;
 
 impl KafkaSource {
-    pub fn new(kafka: &KafkaConfig, stage: &'static str, group: &str, topic: &str) -> Result<KafkaSource, TransportError> {
-        let consumer: StreamConsumer<StageContext> = client_config(kafka)
+    /// `max_processing_time` is the longest one batch may take (see
+    /// `Stage::max_processing_time`); the consumer stays in its group that
+    /// long without polling.
+    pub fn new(
+        kafka: &KafkaConfig,
+        stage: &'static str,
+        group: &str,
+        topic: &str,
+        max_processing_time: Option<Duration>,
+    ) -> Result<KafkaSource, TransportError> {
+        let mut config = client_config(kafka);
+        if let Some(limit) = max_processing_time {
+            config.set("max.poll.interval.ms", limit.as_millis().min(i32::MAX as u128).to_string());
+        }
+        let consumer: StreamConsumer<StageContext> = config
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -527,4 +540,117 @@ async fn config_drift(
         }
     }
     Ok(drift)
+}
+
+/// A record of a state topic as read: partition, offset and payload (none
+/// for a tombstone).
+pub type TopicRecord = (i32, i64, Option<Vec<u8>>);
+
+/// How long reading a state topic to its end may take.
+const KAFKA_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Returns the end offset of each partition of `topic` that has records.
+fn topic_end_offsets(consumer: &BaseConsumer, topic: &str) -> Result<BTreeMap<i32, i64>, TransportError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka_error("topic metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(TransportError::Kafka {
+            operation: "read topic",
+            reason: format!("topic {topic} does not exist; create it with `blameless topology apply`"),
+        });
+    }
+    let mut ends = BTreeMap::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .map_err(kafka_error("topic watermarks"))?;
+        if high > low {
+            ends.insert(partition, high);
+        }
+    }
+    Ok(ends)
+}
+
+/// Reads every record of `topic` from the beginning to the end offsets
+/// found at the start, as (partition, offset, payload) in partition order:
+/// the state kept on a compacted topic, such as source cursors or the
+/// ticket ledger. `reader` names the reader in its unused group id. It
+/// commits nothing.
+pub fn read_topic_to_end(kafka: &KafkaConfig, topic: &str, reader: &str) -> Result<Vec<TopicRecord>, TransportError> {
+    // The group id is required by librdkafka but unused: partitions are
+    // assigned, not subscribed, and nothing is committed.
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", format!("{}-{reader}-reader", kafka.group_prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .map_err(kafka_error("reader create"))?;
+    // A topic created moments ago may have no partition leader yet, so the
+    // end offsets are retried until the deadline.
+    let deadline = Instant::now() + KAFKA_READ_TIMEOUT;
+    let mut ends = loop {
+        match topic_end_offsets(&consumer, topic) {
+            Ok(ends) => break ends,
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(topic, error = %error, "Topic end offsets not available yet; retrying.");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    for partition in ends.keys() {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(kafka_error("topic assign"))?;
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment).map_err(kafka_error("topic assign"))?;
+
+    while !ends.is_empty() {
+        if Instant::now() > deadline {
+            return Err(TransportError::Kafka {
+                operation: "read topic",
+                reason: format!(
+                    "topic {topic} was not read to its end within {} s; check that the brokers are reachable",
+                    KAFKA_READ_TIMEOUT.as_secs()
+                ),
+            });
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(result) => {
+                let message = result.map_err(kafka_error("topic poll"))?;
+                let (partition, offset) = (message.partition(), message.offset());
+                records.push((partition, offset, message.payload().map(<[u8]>::to_vec)));
+                if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+                    ends.remove(&partition);
+                }
+            }
+            // The end offset can lie past the last record a consumer receives,
+            // after a transaction marker, so an idle partition whose
+            // position reached the end is done too.
+            None => {
+                let positions = consumer.position().map_err(kafka_error("topic position"))?;
+                for element in positions.elements() {
+                    if let (Offset::Offset(position), Some(end)) = (element.offset(), ends.get(&element.partition())) {
+                        if position >= *end {
+                            ends.remove(&element.partition());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(records)
 }

@@ -179,6 +179,22 @@ pub trait Stage: Send {
     }
 
     fn partitions_revoked(&mut self, _topic: &str, _partitions: &[i32]) {}
+
+    /// Longest time one `process` call may take, when it can wait out an
+    /// external system; the Kafka consumer stays in its group that long.
+    /// `None` for the consumer's default (five minutes).
+    fn max_processing_time(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A compacted topic, and the kind of its records, that the stage reads
+    /// to its end before its first batch, such as the ticket ledger.
+    fn restore_topic(&self) -> Option<(&'static str, RecordKind)> {
+        None
+    }
+
+    /// Receives the records of [`Stage::restore_topic`] in log order.
+    fn restore(&mut self, _records: Vec<Record>) {}
 }
 
 /// The input side of a transport.
@@ -298,7 +314,16 @@ pub async fn run_stage(
             }
             continue;
         }
-        process_batch(stage, source, sink, runtime, batch, &mut report).await?;
+        // A stage that waits out an external system must still stop on a
+        // signal. Nothing of an unfinished batch is committed, so it is
+        // read again on restart.
+        tokio::select! {
+            processed = process_batch(stage, source, sink, runtime, batch, &mut report) => processed?,
+            _ = shutdown.changed() => {
+                tracing::info!(stage = stage.name(), "Stage stopping on shutdown; the unfinished batch is read again on restart.");
+                break;
+            }
+        }
     }
     Ok(report)
 }

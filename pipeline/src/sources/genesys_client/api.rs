@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+use crate::http_retry::retry_after;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Token, TokenSource};
@@ -135,7 +137,7 @@ impl NotificationsApi {
             }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS && rate_limited < MAX_RATE_LIMITED_RETRIES {
                 rate_limited += 1;
-                let delay = retry_after(response.headers()).unwrap_or(self.fallback_delay * rate_limited);
+                let delay = retry_after(response.headers(), crate::transport::now_ms()).unwrap_or(self.fallback_delay * rate_limited);
                 tracing::warn!(url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "Request rate limited (HTTP 429); retrying after the delay in Retry-After.");
                 tokio::time::sleep(delay).await;
                 continue;
@@ -154,17 +156,6 @@ impl NotificationsApi {
     }
 }
 
-/// Returns the delay that a `Retry-After` header requests: a number of seconds,
-/// or an HTTP date (RFC 9110, section 10.2.3).
-pub(super) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some((date.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or_default())
-}
-
 /// Returns the status and the start of the body of a failed response.
 pub(super) async fn describe_failure(response: reqwest::Response) -> String {
     let status = response.status();
@@ -174,39 +165,5 @@ pub(super) async fn describe_failure(response: reqwest::Response) -> String {
         format!("HTTP {status}")
     } else {
         format!("HTTP {status}: {body}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
-
-    fn headers(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
-        headers
-    }
-
-    #[test]
-    fn retry_after_reads_seconds() {
-        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(&headers(" 0 ")), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn retry_after_reads_http_date() {
-        let later = chrono::Utc::now() + chrono::Duration::seconds(120);
-        let text = later.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-        let delay = retry_after(&headers(&text)).unwrap();
-        assert!(delay > Duration::from_secs(100), "{delay:?}");
-        assert!(delay <= Duration::from_secs(120), "{delay:?}");
-        assert_eq!(retry_after(&headers("Sun, 06 Nov 1994 08:49:37 GMT")), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn retry_after_ignores_garbage() {
-        assert_eq!(retry_after(&headers("soon")), None);
-        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }

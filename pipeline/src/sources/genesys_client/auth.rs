@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::api::{describe_failure, retry_after, MAX_RATE_LIMITED_RETRIES};
+use super::api::{describe_failure, MAX_RATE_LIMITED_RETRIES};
+use crate::http_retry::retry_after;
 use crate::config::Secret;
 
 /// An access token and when it expires.
@@ -99,7 +100,7 @@ impl TokenSource {
             let status = response.status();
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS && rate_limited < MAX_RATE_LIMITED_RETRIES {
                 rate_limited += 1;
-                let delay = retry_after(response.headers()).unwrap_or(self.fallback_delay);
+                let delay = retry_after(response.headers(), crate::transport::now_ms()).unwrap_or(self.fallback_delay);
                 tracing::warn!(url = %self.token_url, delay_ms = delay.as_millis() as u64, attempt = rate_limited, "OAuth token request rate limited (HTTP 429); retrying after the delay in Retry-After.");
                 tokio::time::sleep(delay).await;
                 continue;

@@ -9,10 +9,12 @@
 //! when CXone gave one, and once more when a request gets a 401.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+
+use crate::http_retry::retry_after;
+use reqwest::header::ACCEPT;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use url::Url;
@@ -360,7 +362,7 @@ impl CxoneClient {
                 Ok(response) => {
                     let status = response.status();
                     if status == StatusCode::TOO_MANY_REQUESTS {
-                        let wait = retry_after(&response, self.clock.now_ms());
+                        let wait = retry_after(response.headers(), self.clock.now_ms());
                         (format!("HTTP {status}"), wait, Some(response))
                     } else if status.is_server_error() {
                         (format!("HTTP {status}"), None, Some(response))
@@ -402,18 +404,6 @@ impl CxoneClient {
             reason,
         }
     }
-}
-
-/// Reads Retry-After as seconds or as an HTTP date. A date in the past
-/// gives no wait; an unreadable value gives `None`, so backoff applies.
-fn retry_after(response: &Response, now_ms: i64) -> Option<Duration> {
-    let text = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let date = httpdate::parse_http_date(text).ok()?;
-    let date_ms = date.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as i64;
-    Some(Duration::from_millis((date_ms - now_ms).max(0) as u64))
 }
 
 fn describe_send_error(error: &reqwest::Error) -> String {
