@@ -64,9 +64,9 @@ fi
 export BLAMELESS_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-19092}"
 
 step_start="$(now)"
-echo "==> cargo test --workspace --all-targets ${cargo_args[*]} -- --include-ignored ${harness_args[*]}"
+echo "==> cargo test --workspace --all-targets --features blameless/failpoints ${cargo_args[*]} -- --include-ignored ${harness_args[*]}"
 set +e
-cargo test --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} \
+cargo test --workspace --all-targets --features blameless/failpoints ${cargo_args[@]+"${cargo_args[@]}"} \
   -- --include-ignored ${harness_args[@]+"${harness_args[@]}"}
 cargo_status=$?
 set -e

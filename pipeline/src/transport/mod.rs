@@ -427,6 +427,9 @@ async fn process_batch(
         .count();
     let produced = out.len();
     sink.send(out).await?;
+    // Outputs acknowledged, input offsets not yet committed.
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!("after-send-before-commit", |_| std::process::abort());
     runtime.metrics.records_out.inc_by((produced - dead_letters) as u64);
     runtime.metrics.dead_letters.inc_by(dead_letters as u64);
 

@@ -83,8 +83,22 @@ impl HttpClient {
 
     /// Sends the request that `build` makes and returns its 2xx response.
     /// `operation` says what the request does, for logs and errors, such as
-    /// "create the ticket of incident 0b6f…".
+    /// "search for the ticket of incident 0b6f…". Only for requests that
+    /// are safe to repeat: searches and updates.
     pub async fn send(&self, operation: &str, build: impl Fn() -> RequestBuilder) -> Result<Response, SinkError> {
+        self.send_with(operation, false, build).await
+    }
+
+    /// Sends a request that makes a ticket. It is repeated only after
+    /// answers that mean it was not carried out (a refused connection, 408,
+    /// 429, 503). After a timeout or another 5xx the ticket may exist, so
+    /// it returns [`SinkError::Uncertain`]: the stage searches before it
+    /// tries again.
+    pub async fn send_create(&self, operation: &str, build: impl Fn() -> RequestBuilder) -> Result<Response, SinkError> {
+        self.send_with(operation, true, build).await
+    }
+
+    async fn send_with(&self, operation: &str, creates: bool, build: impl Fn() -> RequestBuilder) -> Result<Response, SinkError> {
         let attempts = if self.circuit_is_open() { 1 } else { self.policy.max_attempts };
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(self.policy.initial_delay)
@@ -97,6 +111,13 @@ impl HttpClient {
         loop {
             attempt += 1;
             let (reason, server_delay) = match build().send().await {
+                Err(error) if creates && !error.is_connect() => {
+                    return Err(SinkError::Uncertain {
+                        system: self.system,
+                        operation: operation.to_string(),
+                        reason: self.describe_send_error(&error),
+                    })
+                }
                 Err(error) => (self.describe_send_error(&error), None),
                 Ok(response) => {
                     let status = response.status();
@@ -130,6 +151,13 @@ impl HttpClient {
                     }
                     let server_delay = retry_after(response.headers(), now_ms());
                     let body = body_text(response).await;
+                    if creates && !surely_not_carried_out(status) {
+                        return Err(SinkError::Uncertain {
+                            system: self.system,
+                            operation: operation.to_string(),
+                            reason: format!("HTTP {}: {body}", status.as_u16()),
+                        });
+                    }
                     (format!("HTTP {}: {body}", status.as_u16()), server_delay)
                 }
             };
@@ -173,6 +201,14 @@ impl HttpClient {
 /// rate limit, or a server error.
 fn retryable(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// Whether a retryable answer means the server did not carry the request
+/// out, so a create can be sent again without a search.
+fn surely_not_carried_out(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// Returns the start of a response body, on one line.

@@ -183,7 +183,7 @@ impl TicketSink for JiraSink {
         let body = self.create_body(payload);
         let response = self
             .http
-            .send(&operation, || self.request(reqwest::Method::POST, "/rest/api/3/issue").json(&body))
+            .send_create(&operation, || self.request(reqwest::Method::POST, "/rest/api/3/issue").json(&body))
             .await?;
         let created = json_body(SYSTEM, &operation, response).await?;
         let Some(key) = created["key"].as_str() else {

@@ -62,6 +62,10 @@ pub use sink::{build_sink, SinkError, TicketRef, TicketSink};
 /// stage waits out a ticket system that is down inside one batch.
 const MAX_PROCESSING_TIME: Duration = Duration::from_secs(24 * 3600);
 
+/// Wait before searching for a ticket whose create got no clear answer,
+/// so that the system's search can see it.
+const UNCERTAIN_WAIT: Duration = Duration::from_secs(5);
+
 /// A call to the ticket system that the stage retries while the circuit
 /// is open.
 enum Call<'a> {
@@ -113,15 +117,31 @@ impl TicketStage {
     }
 
     /// Makes one call, waiting out a system that is unavailable: each wait
-    /// is `circuit_wait`, then one probe. Returns the answer, or the
+    /// is `circuit_wait`, then one probe. A create that got no clear answer
+    /// is searched for before it is sent again. Returns the answer, or the
     /// rejection that retrying cannot fix.
-    async fn call(&self, call: Call<'_>) -> Result<(Option<TicketRef>, bool), SinkError> {
+    async fn call(&self, call: Call<'_>) -> Result<Option<TicketRef>, SinkError> {
+        let mut tries = 0u32;
         loop {
             let result = match &call {
-                Call::Find(incident_id) => self.sink.find(incident_id).await.map(|found| (found, false)),
-                Call::Create(payload) => self.sink.create(payload).await.map(|made| (Some(made), true)),
-                Call::Update(ticket, payload, note) => self.sink.update(ticket, payload, note).await.map(|made| (Some(made), true)),
+                Call::Find(incident_id) => self.sink.find(incident_id).await,
+                Call::Create(payload) if tries > 0 => match self.sink.find(&payload.incident_id).await {
+                    Ok(Some(found)) => {
+                        tracing::info!(
+                            stage = "ticket",
+                            incident_id = %payload.incident_id,
+                            ticket_key = %found.key,
+                            "The earlier create was made after all; using that ticket."
+                        );
+                        Ok(Some(found))
+                    }
+                    Ok(None) => self.sink.create(payload).await.map(Some),
+                    Err(error) => Err(error),
+                },
+                Call::Create(payload) => self.sink.create(payload).await.map(Some),
+                Call::Update(ticket, payload, note) => self.sink.update(ticket, payload, note).await.map(Some),
             };
+            tries += 1;
             match result {
                 Err(SinkError::Unavailable { system, operation, reason }) => {
                     if let Some(metrics) = &self.metrics {
@@ -136,6 +156,18 @@ impl TicketStage {
                         "Ticket system unavailable; the stage keeps its place and probes it again after the wait."
                     );
                     tokio::time::sleep(self.circuit_wait).await;
+                }
+                Err(SinkError::Uncertain { system, operation, reason }) => {
+                    let wait = self.circuit_wait.min(UNCERTAIN_WAIT);
+                    tracing::warn!(
+                        stage = "ticket",
+                        system,
+                        operation = %operation,
+                        reason = %reason,
+                        wait_secs = wait.as_secs_f64(),
+                        "Create got no clear answer; searching for the ticket before sending it again."
+                    );
+                    tokio::time::sleep(wait).await;
                 }
                 other => {
                     if let Some(metrics) = &self.metrics {
@@ -174,7 +206,7 @@ impl TicketStage {
                 serde_json::from_str::<TicketPayload>(&record.payload_json).ok(),
             )),
             None => match self.call(Call::Find(&incident.incident_id)).await {
-                Ok((Some(found), _)) => {
+                Ok(Some(found)) => {
                     tracing::info!(
                         stage = "ticket",
                         incident_id = %incident.incident_id,
@@ -187,7 +219,7 @@ impl TicketStage {
                     }
                     Some((found, None))
                 }
-                Ok((None, _)) => None,
+                Ok(None) => None,
                 Err(error) => return Ok(Err(self.rejected(&incident.incident_id, error))),
             },
         };
@@ -216,8 +248,8 @@ impl TicketStage {
             None => self.call(Call::Create(&payload)).await,
         };
         let ticket = match answer {
-            Ok((Some(ticket), _)) => ticket,
-            Ok((None, _)) => unreachable!("a create or an update answers with a ticket"),
+            Ok(Some(ticket)) => ticket,
+            Ok(None) => unreachable!("a create or an update answers with a ticket"),
             Err(error) => return Ok(Err(self.rejected(&incident.incident_id, error))),
         };
         #[cfg(feature = "failpoints")]

@@ -161,7 +161,7 @@ impl TicketSink for ServiceNowSink {
         let body = self.create_body(payload);
         let response = self
             .http
-            .send(&operation, || {
+            .send_create(&operation, || {
                 self.request(reqwest::Method::POST, "")
                     .query(&[("sysparm_fields", ANSWER_FIELDS), ("sysparm_exclude_reference_link", "true")])
                     .json(&body)

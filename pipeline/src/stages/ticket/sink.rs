@@ -39,6 +39,15 @@ pub enum SinkError {
         operation: String,
         reason: String,
     },
+    /// A create got no clear answer (a timeout, or a 5xx that may come
+    /// after the work was done): the ticket may exist. The stage searches
+    /// for it before trying again.
+    #[error("{system} gave no clear answer to {operation}: {reason}")]
+    Uncertain {
+        system: &'static str,
+        operation: String,
+        reason: String,
+    },
     #[error("could not write the ticket file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
