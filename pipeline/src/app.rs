@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, Record, RecordKind};
 use crate::publish::Publisher;
-use crate::stages::archive::{ArchiveStage, ArchiveStore};
+use crate::stages::archive::{ArchiveStage, ArchiveStore, BatchLimits, StoreRetry};
 use crate::stages::ingest;
 use crate::stages::mask::{MaskStage, Masker};
 use crate::stages::normalize::NormalizeStage;
@@ -28,25 +28,49 @@ use crate::transport::{
 /// The stages that read a topic, in the order the embedded run drives them.
 pub const CONSUMING_STAGES: [&str; 5] = ["normalize", "mask", "archive", "window", "ticket"];
 
-/// Builds the record logic of a consuming stage.
-pub fn build_stage(name: &str, config: &Config) -> anyhow::Result<Box<dyn Stage>> {
+/// Builds the record logic of a consuming stage, reporting to `metrics`.
+pub fn build_stage(name: &str, config: &Config, metrics: &Metrics) -> anyhow::Result<Box<dyn Stage>> {
     Ok(match name {
         "normalize" => Box::new(NormalizeStage::new(&config.normalize)),
         "mask" => {
             Box::new(MaskStage::new(Masker::from_config(config)?))
         }
         "window" => Box::new(WindowStage::new(WindowRules::from(&config.window))),
-        "archive" => Box::new(ArchiveStage::new(ArchiveStore::open(&config.archive.url)?)),
+        "archive" => Box::new(archive_stage(config, metrics)?),
         "ticket" => Box::new(TicketStage::new(
             OutboxSink::new(config.ticket.outbox_dir.clone()),
             ArchiveStore::open(&config.archive.url)?,
-            ArchiveStore::open(&config.archive.cold_url)?,
+            cold_store(config, metrics)?,
             config.archive.snapshot_margin_secs as i64 * 1000,
         )),
         other => anyhow::bail!(
             "unknown stage {other:?}; the stages are ingest, normalize, mask, window, ticket and archive"
         ),
     })
+}
+
+/// Builds the archive stage. Its store retries until a request succeeds, so
+/// a store that stays down pauses the stage instead of failing it.
+fn archive_stage(config: &Config, metrics: &Metrics) -> anyhow::Result<ArchiveStage> {
+    let retry = StoreRetry {
+        max_attempts: None,
+        ..StoreRetry::default()
+    };
+    let hot = ArchiveStore::open(&config.archive.url)?
+        .with_retry(retry)
+        .with_health(metrics.store_health("hot"));
+    let limits = BatchLimits {
+        max_bytes: config.archive.batch_max_bytes,
+        max_age: Duration::from_secs(config.archive.batch_max_secs),
+    };
+    Ok(ArchiveStage::new(hot, limits).with_object_counter(metrics.archive_objects("hot")))
+}
+
+/// Opens the cold tier with its storage class.
+pub fn cold_store(config: &Config, metrics: &Metrics) -> anyhow::Result<ArchiveStore> {
+    Ok(ArchiveStore::open(&config.archive.cold_url)?
+        .with_storage_class(&config.archive.cold_storage_class)
+        .with_health(metrics.store_health("cold")))
 }
 
 pub fn codec_for(config: &Config) -> anyhow::Result<Codec> {
@@ -119,7 +143,7 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     for name in CONSUMING_STAGES {
-        let mut stage = build_stage(name, config)?;
+        let mut stage = build_stage(name, config, &metrics)?;
         let spec = topology.stage(name).context("stage missing from topology")?;
         let input_topic = spec.input.clone().context("consuming stage without input")?;
         let mut source = log.consumer(&spec.consumer_group, &input_topic);
@@ -167,17 +191,17 @@ async fn summarize(report: &mut EmbeddedReport, log: &MemoryLog, codec: &Codec) 
 /// Runs one stage as a member of its consumer group on Kafka until Ctrl-C or
 /// SIGTERM. The ingest stage reads `input` instead of a topic.
 pub async fn run_kafka_stage(name: &str, config: &Config, input: Option<&Path>) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
     // Checks the stage name and its settings before anything starts.
     let stage = match name {
         "ingest" => None,
-        _ => Some(build_stage(name, config)?),
+        _ => Some(build_stage(name, config, &metrics)?),
     };
     let topology = Topology::load_default();
     let codec = codec_for(config)?;
     let topics = TopicNames {
         prefix: config.kafka.topic_prefix.clone(),
     };
-    let metrics = Metrics::new();
     // The ingest command lives for one file: it serves no metrics.
     if !config.metrics.address.is_empty() && name != "ingest" {
         // Bound before the stage starts, so a bad address or a port in use
