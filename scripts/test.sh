@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, #[ignore]d tests included, against a
-# real single-node Kafka on 127.0.0.1 (started with scripts/kafka.sh).
+# real single-node Kafka on 127.0.0.1 (started with scripts/kafka.sh) and
+# moto's S3 server on 127.0.0.1 (started with scripts/moto.sh).
 #
 # Usage: scripts/test.sh [CARGO_TEST_ARGS...] [-- TEST_BINARY_ARGS...]
 #
@@ -8,9 +9,10 @@
 #   scripts/test.sh window               tests whose name contains "window"
 #   scripts/test.sh -- --nocapture       every test, with test output shown
 #
-# A broker that is already running (scripts/kafka.sh status) is reused and left
-# running. Otherwise this script starts a fresh one and stops it on exit.
-# The tests find the broker in BLAMELESS_TEST_BROKERS.
+# A broker or moto server that is already running (scripts/kafka.sh status,
+# scripts/moto.sh status) is reused and left running. Otherwise this script
+# starts a fresh one and stops it on exit. The tests find the broker in
+# BLAMELESS_TEST_BROKERS and the S3 endpoint in BLAMELESS_TEST_S3_ENDPOINT.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,17 +53,53 @@ stop_kafka() {
   echo "<== Stopped Kafka in $(elapsed_since "$start")s"
 }
 
+# shellcheck disable=SC2317 # Called by the EXIT trap.
+stop_moto() {
+  local start
+  start="$(now)"
+  echo "==> Stopping moto"
+  scripts/moto.sh stop || true
+  echo "<== Stopped moto in $(elapsed_since "$start")s"
+}
+
+kafka_started=false
+moto_started=false
+# shellcheck disable=SC2317 # Called by the EXIT trap.
+stop_services() {
+  if [[ "$moto_started" == true ]]; then
+    stop_moto
+  fi
+  if [[ "$kafka_started" == true ]]; then
+    stop_kafka
+  fi
+}
+trap stop_services EXIT
+
 if scripts/kafka.sh status >/dev/null 2>&1; then
   echo "==> Reusing the Kafka broker that is already running: $(scripts/kafka.sh status)"
 else
   step_start="$(now)"
   echo "==> Starting Kafka"
-  trap stop_kafka EXIT
+  kafka_started=true
   scripts/kafka.sh start
   echo "<== Started Kafka in $(elapsed_since "$step_start")s"
 fi
 
+if scripts/moto.sh status >/dev/null 2>&1; then
+  echo "==> Reusing the moto server that is already running: $(scripts/moto.sh status)"
+else
+  step_start="$(now)"
+  echo "==> Starting moto"
+  moto_started=true
+  scripts/moto.sh start
+  echo "<== Started moto in $(elapsed_since "$step_start")s"
+fi
+
 export BLAMELESS_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-19092}"
+export BLAMELESS_TEST_S3_ENDPOINT="http://127.0.0.1:${MOTO_PORT:-19000}"
+# The S3 tests give object_store an endpoint and credentials; this keeps any
+# AWS client from looking for the instance metadata service.
+export AWS_EC2_METADATA_DISABLED=true
 
 step_start="$(now)"
 echo "==> cargo test --workspace --all-targets ${cargo_args[*]} -- --include-ignored ${harness_args[*]}"
@@ -71,6 +109,6 @@ cargo test --workspace --all-targets ${cargo_args[@]+"${cargo_args[@]}"} \
 cargo_status=$?
 set -e
 echo "<== cargo test exited with status $cargo_status in $(elapsed_since "$step_start")s"
-echo "Total time: $(elapsed_since "$SUITE_START")s (before stopping Kafka)"
+echo "Total time: $(elapsed_since "$SUITE_START")s (before stopping Kafka and moto)"
 
 exit "$cargo_status"
