@@ -425,8 +425,9 @@ pub struct ArchiveConfig {
     /// its first record arrived. Default 60.
     pub batch_max_secs: u64,
     /// S3 storage class of snapshot events in the cold tier: GLACIER,
-    /// DEEP_ARCHIVE or GLACIER_IR. Local folders have no storage class.
-    /// Default GLACIER.
+    /// DEEP_ARCHIVE, GLACIER_IR, or STANDARD for S3-compatible stores that
+    /// have no archive classes, such as MinIO. Local folders have no storage
+    /// class. Default GLACIER.
     pub cold_storage_class: String,
     /// Days the hot tier keeps objects, for `blameless archive lifecycle`.
     /// At least 90. Default 90.
@@ -437,7 +438,7 @@ pub struct ArchiveConfig {
 }
 
 /// Storage classes that `archive.cold_storage_class` accepts.
-pub const COLD_STORAGE_CLASSES: [&str; 3] = ["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"];
+pub const COLD_STORAGE_CLASSES: [&str; 4] = ["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"];
 /// Least days of `archive.hot_retention_days`.
 pub const MIN_HOT_RETENTION_DAYS: u32 = 90;
 /// Least days of `archive.cold_retention_days`.
@@ -1161,13 +1162,13 @@ mod tests {
         let mut config = Config::default();
         config.archive.batch_max_bytes = 0;
         config.archive.batch_max_secs = 0;
-        config.archive.cold_storage_class = "STANDARD".into();
+        config.archive.cold_storage_class = "glacier".into();
         config.archive.hot_retention_days = 30;
         config.archive.cold_retention_days = 364;
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("archive.batch_max_bytes is 0"), "{error}");
         assert!(error.contains("archive.batch_max_secs is 0"), "{error}");
-        assert!(error.contains("archive.cold_storage_class is \"STANDARD\"; use one of GLACIER, DEEP_ARCHIVE, GLACIER_IR"), "{error}");
+        assert!(error.contains("archive.cold_storage_class is \"glacier\"; use one of GLACIER, DEEP_ARCHIVE, GLACIER_IR, STANDARD"), "{error}");
         assert!(error.contains("archive.hot_retention_days is 30"), "{error}");
         assert!(error.contains("archive.cold_retention_days is 364"), "{error}");
 
