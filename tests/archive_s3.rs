@@ -260,7 +260,7 @@ async fn crash_and_restart(store: Arc<dyn ObjectStore>, url: &str) {
 }
 
 #[tokio::test]
-async fn crash_mid_batch_keeps_each_event_once_in_files() {
+async fn crash_restart_archives_once_files() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
     crash_and_restart(store, &format!("file://{}", dir.path().display())).await;
@@ -268,7 +268,7 @@ async fn crash_mid_batch_keeps_each_event_once_in_files() {
 
 #[tokio::test]
 #[ignore = "needs moto's S3 server: run scripts/test.sh"]
-async fn crash_mid_batch_keeps_each_event_once_in_s3() {
+async fn crash_restart_archives_once_s3() {
     moto_bucket("crash-test").await;
     let url = fresh_url("crash-test", "hot");
     let (store, prefix, _) = blameless::stages::archive::open_location(&url).unwrap();

@@ -439,9 +439,9 @@ pub struct ArchiveConfig {
 
 /// Storage classes that `archive.cold_storage_class` accepts.
 pub const COLD_STORAGE_CLASSES: [&str; 4] = ["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"];
-/// Least days of `archive.hot_retention_days`.
+/// Minimum of `archive.hot_retention_days`.
 pub const MIN_HOT_RETENTION_DAYS: u32 = 90;
-/// Least days of `archive.cold_retention_days`.
+/// Minimum of `archive.cold_retention_days`.
 pub const MIN_COLD_RETENTION_DAYS: u32 = 365;
 
 impl Default for ArchiveConfig {

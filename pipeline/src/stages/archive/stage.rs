@@ -23,7 +23,7 @@ use super::{hour_folder, sync_marker, write_container_with_marker, ArchiveError}
 use crate::model::{MaskedEvent, Record, RecordKind};
 use crate::transport::{Decoded, Emit, Outcome, Reject, Stage, TransportError};
 
-/// Folder of the hot tier that holds the batch plans. Readers of the
+/// Folder of the hot tier that contains the batch plans. Readers of the
 /// `date=` folders never see it, and Hive-style readers skip folders
 /// whose names start with `_`.
 pub const BATCH_PLAN_FOLDER: &str = "_batches";
@@ -135,9 +135,9 @@ impl ArchiveStage {
     }
 
     /// Writes the batch of a partition: its plan, then one object per hour
-    /// and service. A plan from before a restart may end the batch earlier,
-    /// and the rest stays for the next batch, or later, and the batch waits
-    /// for the records up to its end.
+    /// and service. When a plan from before a restart ends the batch
+    /// earlier, the rest becomes the next batch. When it ends later, the
+    /// batch waits for the records up to that end.
     async fn flush(&mut self, topic: &str, partition: i32) -> Result<(), ArchiveError> {
         let key = (topic.to_string(), partition);
         loop {

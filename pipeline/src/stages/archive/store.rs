@@ -102,8 +102,8 @@ fn environment_options(prefix: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// How [`ArchiveStore`] waits between attempts of a request that failed
-/// with an error that may pass, such as a store that is down.
+/// Retry policy of [`ArchiveStore`] for a request that failed with an error
+/// that may pass, such as a store that is down.
 #[derive(Debug, Clone)]
 pub struct StoreRetry {
     /// Attempts before the error is returned. `None` retries until the
@@ -409,7 +409,7 @@ impl ArchiveStore {
     }
 }
 
-/// Whether an error may pass: a store that is down, slow, throttling or
+/// Returns whether an error may pass: a store that is down, slow, throttling or
 /// refusing the credentials for now. Errors of the request itself, such as
 /// an invalid path or an unsupported operation, fail at once, and so does a
 /// read of an S3 object in an archive storage class (InvalidObjectState),
