@@ -44,22 +44,15 @@ while (($# > 0)); do
   shift
 done
 
+# Stops a service that this script started: NAME as shown in the log, and
+# SCRIPT, its start/stop script in scripts/.
 # shellcheck disable=SC2317 # Called by the EXIT trap.
-stop_kafka() {
-  local start
+stop_service() {
+  local name="$1" script="$2" start
   start="$(now)"
-  echo "==> Stopping Kafka"
-  scripts/kafka.sh stop || true
-  echo "<== Stopped Kafka in $(elapsed_since "$start")s"
-}
-
-# shellcheck disable=SC2317 # Called by the EXIT trap.
-stop_moto() {
-  local start
-  start="$(now)"
-  echo "==> Stopping moto"
-  scripts/moto.sh stop || true
-  echo "<== Stopped moto in $(elapsed_since "$start")s"
+  echo "==> Stopping $name"
+  "scripts/$script" stop || true
+  echo "<== Stopped $name in $(elapsed_since "$start")s"
 }
 
 kafka_started=false
@@ -67,33 +60,32 @@ moto_started=false
 # shellcheck disable=SC2317 # Called by the EXIT trap.
 stop_services() {
   if [[ "$moto_started" == true ]]; then
-    stop_moto
+    stop_service moto moto.sh
   fi
   if [[ "$kafka_started" == true ]]; then
-    stop_kafka
+    stop_service Kafka kafka.sh
   fi
 }
 trap stop_services EXIT
 
-if scripts/kafka.sh status >/dev/null 2>&1; then
-  echo "==> Reusing the Kafka broker that is already running: $(scripts/kafka.sh status)"
-else
+# Reuses a service that is already running, or starts it: NAME as shown in
+# the log, SCRIPT its start/stop script in scripts/, and FLAG the variable
+# set to true before a start, so the EXIT trap stops what this script began.
+start_service() {
+  local name="$1" script="$2" flag="$3" step_start
+  if "scripts/$script" status >/dev/null 2>&1; then
+    echo "==> Reusing the $name that is already running: $("scripts/$script" status)"
+    return 0
+  fi
+  printf -v "$flag" true
   step_start="$(now)"
-  echo "==> Starting Kafka"
-  kafka_started=true
-  scripts/kafka.sh start
-  echo "<== Started Kafka in $(elapsed_since "$step_start")s"
-fi
+  echo "==> Starting $name"
+  "scripts/$script" start
+  echo "<== Started $name in $(elapsed_since "$step_start")s"
+}
 
-if scripts/moto.sh status >/dev/null 2>&1; then
-  echo "==> Reusing the moto server that is already running: $(scripts/moto.sh status)"
-else
-  step_start="$(now)"
-  echo "==> Starting moto"
-  moto_started=true
-  scripts/moto.sh start
-  echo "<== Started moto in $(elapsed_since "$step_start")s"
-fi
+start_service "Kafka broker" kafka.sh kafka_started
+start_service "moto server" moto.sh moto_started
 
 export BLAMELESS_TEST_BROKERS="127.0.0.1:${KAFKA_PORT:-19092}"
 export BLAMELESS_TEST_S3_ENDPOINT="http://127.0.0.1:${MOTO_PORT:-19000}"
