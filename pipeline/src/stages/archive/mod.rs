@@ -69,8 +69,10 @@ fn rand_marker() -> [u8; 16] {
     *uuid::Uuid::new_v4().as_bytes()
 }
 
-/// Returns a sync marker derived from `name`, so that the same events
-/// written under the same name give the same bytes.
+/// Returns a sync marker derived from `name`. A rewrite of the same events
+/// under the same name then differs from the first write at most in the
+/// order of the header's metadata, which apache-avro 0.22 keeps in a hash
+/// map.
 pub fn sync_marker(name: &str) -> [u8; 16] {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(name.as_bytes());

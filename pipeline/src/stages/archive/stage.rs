@@ -7,7 +7,7 @@
 //! absent. After a crash the stage reads the partition again from the
 //! committed offset, which is the first offset of the unfinished batch,
 //! finds the plan and ends the batch at the same offset. Its objects then
-//! get the same keys and the same bytes, and a put that finds the key taken
+//! get the same keys and the same events, and a put that finds the key taken
 //! means the object is already durable. So every event lands in exactly one
 //! object, however the batches would otherwise have been cut.
 

@@ -260,12 +260,13 @@ async fn revoked_partition_drops_its_batch() {
 }
 
 #[tokio::test]
-async fn same_batch_gives_identical_bytes() {
+async fn container_uses_name_marker() {
     let events = vec![masked("a", SERVICE, TIME_MS), masked("b", SERVICE, TIME_MS + 5)];
-    let first = write_container_with_marker(&events, sync_marker("x.avro")).unwrap();
-    let second = write_container_with_marker(&events, sync_marker("x.avro")).unwrap();
-    assert_eq!(first, second);
-    assert_ne!(first, write_container_with_marker(&events, sync_marker("y.avro")).unwrap());
+    let marker = sync_marker("x.avro");
+    let bytes = write_container_with_marker(&events, marker).unwrap();
+    assert_eq!(&bytes[bytes.len() - 16..], &marker, "each block ends with the sync marker");
+    assert_eq!(read_container(&bytes).unwrap(), events);
+    assert_ne!(sync_marker("y.avro"), marker);
 }
 
 #[tokio::test]
