@@ -89,6 +89,9 @@ impl TestCluster {
             .env("BLAMELESS__TICKET__OUTBOX_DIR", out.join("tickets"))
             .env("BLAMELESS__METRICS__ADDRESS", metrics_address)
             .env("BLAMELESS__STAGE__BATCH_MAX_WAIT_MS", "100")
+            // The archive writes every polled batch at once, so the ticket
+            // stage's snapshots find the events the test just sent.
+            .env("BLAMELESS__ARCHIVE__BATCH_MAX_BYTES", "1")
             .env("BLAMELESS_LOG", "debug,rdkafka=info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -130,3 +130,81 @@ fn input_for_consuming_stage_is_rejected() {
     assert!(stderr.contains("only the ingest stage reads an input file"), "{stderr}");
     assert!(stderr.contains("--input"), "{stderr}");
 }
+
+#[test]
+fn archive_lifecycle_prints_rules_per_bucket() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+    command
+        .args(["archive", "lifecycle"])
+        .env_remove("BLAMELESS__MASK__KEY")
+        .env("BLAMELESS__ARCHIVE__URL", "s3://telemetry/hot")
+        .env("BLAMELESS__ARCHIVE__COLD_URL", "s3://incidents-cold")
+        .env("BLAMELESS__ARCHIVE__HOT_RETENTION_DAYS", "120");
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let rules: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rules["telemetry"]["Rules"][0]["Expiration"]["Days"], 120);
+    assert_eq!(rules["telemetry"]["Rules"][0]["Filter"]["Prefix"], "hot/");
+    assert_eq!(rules["incidents-cold"]["Rules"][0]["Expiration"]["Days"], 365);
+    assert_eq!(rules["incidents-cold"]["Rules"][0]["Filter"]["Prefix"], "incidents/");
+}
+
+#[test]
+fn archive_lifecycle_rejects_short_retention() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+    command
+        .args(["archive", "lifecycle"])
+        .env("BLAMELESS__ARCHIVE__HOT_RETENTION_DAYS", "30");
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("archive.hot_retention_days is 30"), "{stderr}");
+}
+
+/// Runs the example through the embedded pipeline into `out`.
+fn run_example(out: &std::path::Path) {
+    let output = blameless(
+        &["run", "--embedded", "--input", &format!("{}/../examples/outage.jsonl", env!("CARGO_MANIFEST_DIR")), "--out", out.to_str().unwrap()],
+        Some("cli-test-key-0123456789"),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn verify(out: &std::path::Path, older_than: &str) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+    command
+        .args(["archive", "verify", "--older-than", older_than])
+        .env_remove("BLAMELESS__MASK__KEY")
+        .env("BLAMELESS__ARCHIVE__COLD_URL", out.join("archive/cold"));
+    command.output().unwrap()
+}
+
+#[test]
+fn archive_verify_passes_then_finds_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    run_example(dir.path());
+    // The example's incidents are from 2025-12-12, older than one day.
+    let output = verify(dir.path(), "1d");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok\t")).count(), 4, "{stdout}");
+
+    let incidents = dir.path().join("archive/cold/incidents");
+    let first = std::fs::read_dir(&incidents).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(first.join("events.avro")).unwrap();
+    let output = verify(dir.path(), "90d");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let gaps: Vec<&str> = stdout.lines().filter(|line| line.starts_with("gap\t")).collect();
+    assert_eq!(gaps.len(), 1, "{stdout}");
+    assert!(gaps[0].contains("events.avro"), "{stdout}");
+}
+
+#[test]
+fn archive_verify_rejects_invalid_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = verify(dir.path(), "ninety days");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("--older-than: age \"ninety days\" is invalid"), "{stderr}");
+}

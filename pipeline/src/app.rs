@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, Record, RecordKind};
 use crate::publish::Publisher;
-use crate::stages::archive::{ArchiveStage, ArchiveStore};
+use crate::stages::archive::{ArchiveStage, ArchiveStore, BatchLimits, StoreRetry};
 use crate::stages::ingest;
 use crate::stages::mask::{MaskStage, Masker};
 use crate::stages::normalize::NormalizeStage;
@@ -28,7 +28,7 @@ use crate::transport::{
 /// The stages that read a topic, in the order the embedded run drives them.
 pub const CONSUMING_STAGES: [&str; 5] = ["normalize", "mask", "archive", "window", "ticket"];
 
-/// Builds the record logic of a consuming stage.
+/// Builds the record logic of a consuming stage, reporting to `metrics`.
 pub fn build_stage(name: &str, config: &Config, metrics: &Metrics) -> anyhow::Result<Box<dyn Stage>> {
     Ok(match name {
         "normalize" => Box::new(NormalizeStage::new(&config.normalize)),
@@ -36,7 +36,7 @@ pub fn build_stage(name: &str, config: &Config, metrics: &Metrics) -> anyhow::Re
             Box::new(MaskStage::new(Masker::from_config(config)?))
         }
         "window" => Box::new(WindowStage::new(WindowRules::from(&config.window))),
-        "archive" => Box::new(ArchiveStage::new(ArchiveStore::open(&config.archive.url)?)),
+        "archive" => Box::new(archive_stage(config, metrics)?),
         "ticket" => Box::new(ticket_stage(config, metrics)?),
         other => anyhow::bail!(
             "unknown stage {other:?}; the stages are ingest, normalize, mask, window, ticket and archive"
@@ -56,11 +56,35 @@ pub fn ticket_stage(config: &Config, metrics: &Metrics) -> anyhow::Result<Ticket
     Ok(TicketStage::new(
         build_sink(&config.ticket)?,
         ArchiveStore::open(&config.archive.url)?,
-        ArchiveStore::open(&config.archive.cold_url)?,
+        cold_store(config, metrics)?,
         config.archive.snapshot_margin_secs as i64 * 1000,
     )
     .with_circuit_wait(Duration::from_secs(config.ticket.circuit_open_secs))
     .with_metrics(metrics.ticket()))
+}
+
+/// Builds the archive stage. Its store retries until a request succeeds, so
+/// a store that stays down pauses the stage instead of failing it.
+fn archive_stage(config: &Config, metrics: &Metrics) -> anyhow::Result<ArchiveStage> {
+    let retry = StoreRetry {
+        max_attempts: None,
+        ..StoreRetry::default()
+    };
+    let hot = ArchiveStore::open(&config.archive.url)?
+        .with_retry(retry)
+        .with_health(metrics.store_health("hot"));
+    let limits = BatchLimits {
+        max_bytes: config.archive.batch_max_bytes,
+        max_age: Duration::from_secs(config.archive.batch_max_secs),
+    };
+    Ok(ArchiveStage::new(hot, limits).with_object_counter(metrics.archive_objects("hot")))
+}
+
+/// Opens the cold tier with its storage class.
+pub fn cold_store(config: &Config, metrics: &Metrics) -> anyhow::Result<ArchiveStore> {
+    Ok(ArchiveStore::open(&config.archive.cold_url)?
+        .with_storage_class(&config.archive.cold_storage_class)
+        .with_health(metrics.store_health("cold")))
 }
 
 pub fn codec_for(config: &Config) -> anyhow::Result<Codec> {

@@ -392,8 +392,9 @@ impl Default for WindowConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ArchiveConfig {
-    /// Hot tier: an object store URL (`file:///abs/path`, `s3://bucket/prefix`)
-    /// or a plain folder path. Default `out/archive/hot`.
+    /// Hot tier: an object store URL (`file:///abs/path`, `s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`) or a plain folder path.
+    /// Default `out/archive/hot`.
     pub url: String,
     /// Cold tier, where each ticketed incident's events are copied and which
     /// data_snapshot_url points into. Default `out/archive/cold`.
@@ -401,7 +402,31 @@ pub struct ArchiveConfig {
     /// Events before the incident start and after its end that the snapshot
     /// keeps, in seconds. Default 300.
     pub snapshot_margin_secs: u64,
+    /// A partition's batch is written once its events reach about this many
+    /// bytes, Avro-encoded before compression. Default 8388608 (8 MiB).
+    pub batch_max_bytes: usize,
+    /// A partition's batch is written at the latest this many seconds after
+    /// its first record arrived. Default 60.
+    pub batch_max_secs: u64,
+    /// S3 storage class of snapshot events in the cold tier: GLACIER,
+    /// DEEP_ARCHIVE, GLACIER_IR, or STANDARD for S3-compatible stores that
+    /// have no archive classes, such as MinIO. Local folders have no storage
+    /// class. Default GLACIER.
+    pub cold_storage_class: String,
+    /// Days the hot tier keeps objects, for `blameless archive lifecycle`.
+    /// At least 90. Default 90.
+    pub hot_retention_days: u32,
+    /// Days the cold tier keeps snapshots, for `blameless archive
+    /// lifecycle`. At least 365. Default 365.
+    pub cold_retention_days: u32,
 }
+
+/// Storage classes that `archive.cold_storage_class` accepts.
+pub const COLD_STORAGE_CLASSES: [&str; 4] = ["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"];
+/// Minimum of `archive.hot_retention_days`.
+pub const MIN_HOT_RETENTION_DAYS: u32 = 90;
+/// Minimum of `archive.cold_retention_days`.
+pub const MIN_COLD_RETENTION_DAYS: u32 = 365;
 
 impl Default for ArchiveConfig {
     fn default() -> ArchiveConfig {
@@ -409,6 +434,44 @@ impl Default for ArchiveConfig {
             url: "out/archive/hot".into(),
             cold_url: "out/archive/cold".into(),
             snapshot_margin_secs: 300,
+            batch_max_bytes: 8 * 1024 * 1024,
+            batch_max_secs: 60,
+            cold_storage_class: "GLACIER".into(),
+            hot_retention_days: MIN_HOT_RETENTION_DAYS,
+            cold_retention_days: MIN_COLD_RETENTION_DAYS,
+        }
+    }
+}
+
+impl ArchiveConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.batch_max_bytes == 0 {
+            problems.push("archive.batch_max_bytes is 0; set a size in bytes such as 8388608".to_string());
+        }
+        if self.batch_max_secs == 0 || self.batch_max_secs > MAX_DURATION_SECS {
+            problems.push(format!(
+                "archive.batch_max_secs is {}; set a number of seconds from 1 to {MAX_DURATION_SECS}, such as 60",
+                self.batch_max_secs
+            ));
+        }
+        if !COLD_STORAGE_CLASSES.contains(&self.cold_storage_class.as_str()) {
+            problems.push(format!(
+                "archive.cold_storage_class is {:?}; use one of {}",
+                self.cold_storage_class,
+                COLD_STORAGE_CLASSES.join(", ")
+            ));
+        }
+        if self.hot_retention_days < MIN_HOT_RETENTION_DAYS {
+            problems.push(format!(
+                "archive.hot_retention_days is {}, below the {MIN_HOT_RETENTION_DAYS} days the hot tier must keep; set {MIN_HOT_RETENTION_DAYS} or more",
+                self.hot_retention_days
+            ));
+        }
+        if self.cold_retention_days < MIN_COLD_RETENTION_DAYS {
+            problems.push(format!(
+                "archive.cold_retention_days is {}, below the {MIN_COLD_RETENTION_DAYS} days the cold tier must keep; set {MIN_COLD_RETENTION_DAYS} or more",
+                self.cold_retention_days
+            ));
         }
     }
 }
@@ -851,6 +914,7 @@ impl Config {
         self.sources.genesys.validate(&mut problems);
         self.sources.nice.validate(&mut problems);
         self.attachments.validate(&mut problems);
+        self.archive.validate(&mut problems);
         self.ticket.validate(&mut problems);
         if self.stage.batch_max_records == 0 {
             problems.push("stage.batch_max_records is 0; set 1 or more".to_string());
@@ -1070,6 +1134,27 @@ mod tests {
         let mut config = Config::default();
         config.window.window_secs = MAX_DURATION_SECS;
         config.archive.snapshot_margin_secs = MAX_DURATION_SECS;
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn archive_settings_are_validated() {
+        let mut config = Config::default();
+        config.archive.batch_max_bytes = 0;
+        config.archive.batch_max_secs = 0;
+        config.archive.cold_storage_class = "glacier".into();
+        config.archive.hot_retention_days = 30;
+        config.archive.cold_retention_days = 364;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("archive.batch_max_bytes is 0"), "{error}");
+        assert!(error.contains("archive.batch_max_secs is 0"), "{error}");
+        assert!(error.contains("archive.cold_storage_class is \"glacier\"; use one of GLACIER, DEEP_ARCHIVE, GLACIER_IR, STANDARD"), "{error}");
+        assert!(error.contains("archive.hot_retention_days is 30"), "{error}");
+        assert!(error.contains("archive.cold_retention_days is 364"), "{error}");
+
+        let mut config = Config::default();
+        config.archive.cold_storage_class = "DEEP_ARCHIVE".into();
+        config.archive.hot_retention_days = 120;
         assert!(config.validate().is_ok());
     }
 

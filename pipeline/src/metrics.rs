@@ -14,6 +14,9 @@ pub const CONSUMER_LAG: &str = "blameless_consumer_lag_records";
 pub const HTTP_REQUESTS: &str = "blameless_http_requests_total";
 pub const TICKET_REJECTIONS: &str = "blameless_ticket_rejections_total";
 pub const TICKET_CIRCUIT_OPEN: &str = "blameless_ticket_circuit_open";
+pub const ARCHIVE_STORE_PAUSED: &str = "blameless_archive_store_paused";
+pub const ARCHIVE_STORE_RETRIES: &str = "blameless_archive_store_retries_total";
+pub const ARCHIVE_OBJECTS: &str = "blameless_archive_objects_written_total";
 
 /// Every metric of a process, labelled by stage.
 #[derive(Clone)]
@@ -25,6 +28,9 @@ pub struct Metrics {
     processing_seconds: HistogramVec,
     consumer_lag: IntGaugeVec,
     http_requests: IntCounterVec,
+    archive_store_paused: IntGaugeVec,
+    archive_store_retries: IntCounterVec,
+    archive_objects: IntCounterVec,
     ticket: TicketMetrics,
 }
 
@@ -104,6 +110,24 @@ impl Metrics {
         )
         .expect("valid gauge");
         registry.register(Box::new(circuit_open.clone())).expect("unique gauge");
+        let archive_store_paused = IntGaugeVec::new(
+            Opts::new(ARCHIVE_STORE_PAUSED, "1 while archive requests to the tier's object store fail and wait to be retried, else 0."),
+            &["tier"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(archive_store_paused.clone())).expect("unique gauge");
+        let archive_store_retries = IntCounterVec::new(
+            Opts::new(ARCHIVE_STORE_RETRIES, "Failed archive requests to the tier's object store that were retried."),
+            &["tier"],
+        )
+        .expect("valid counter");
+        registry.register(Box::new(archive_store_retries.clone())).expect("unique counter");
+        let archive_objects = IntCounterVec::new(
+            Opts::new(ARCHIVE_OBJECTS, "Objects the archive stage created in the tier."),
+            &["tier"],
+        )
+        .expect("valid counter");
+        registry.register(Box::new(archive_objects.clone())).expect("unique counter");
         Metrics {
             registry,
             records_in,
@@ -112,12 +136,29 @@ impl Metrics {
             processing_seconds,
             consumer_lag,
             http_requests,
+            archive_store_paused,
+            archive_store_retries,
+            archive_objects,
             ticket: TicketMetrics { rejected, circuit_open },
         }
     }
 
     pub fn ticket(&self) -> TicketMetrics {
         self.ticket.clone()
+    }
+
+    /// Returns the pause gauge and retry counter of an archive tier, `hot`
+    /// or `cold`.
+    pub fn store_health(&self, tier: &str) -> crate::stages::archive::StoreHealth {
+        crate::stages::archive::StoreHealth {
+            paused: self.archive_store_paused.with_label_values(&[tier]),
+            retries: self.archive_store_retries.with_label_values(&[tier]),
+        }
+    }
+
+    /// Returns the counter of objects the archive stage created in `tier`.
+    pub fn archive_objects(&self, tier: &str) -> IntCounter {
+        self.archive_objects.with_label_values(&[tier])
     }
 
     pub fn stage(&self, stage: &str) -> StageMetrics {

@@ -50,7 +50,7 @@ use async_trait::async_trait;
 use crate::governance;
 use crate::metrics::TicketMetrics;
 use crate::model::{IncidentEvent, Record, RecordKind, TicketRecord};
-use crate::stages::archive::{snapshot_folder, write_snapshot, ArchiveStore};
+use crate::stages::archive::{snapshot_url, write_snapshot, ArchiveStore};
 use crate::topology::TICKETS;
 use crate::transport::{now_ms, Decoded, Emit, Outcome, Reject, Stage, TransportError};
 
@@ -190,8 +190,7 @@ impl TicketStage {
             }
             return Ok(Ok(Vec::new()));
         }
-        let snapshot_url = self.cold.url_of(&format!("{}/", snapshot_folder(&incident.incident_id)));
-        let payload = TicketPayload::from_incident(incident, snapshot_url);
+        let payload = TicketPayload::from_incident(incident, snapshot_url(&self.cold, &incident.incident_id));
         if let Err(reject) = review(&payload) {
             return Ok(Err(reject));
         }
