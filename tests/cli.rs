@@ -208,3 +208,38 @@ fn archive_verify_rejects_invalid_age() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("--older-than: age \"ninety days\" is invalid"), "{stderr}");
 }
+
+/// `--review` replays the example with Jira configured and no Jira
+/// credentials: every ticket lands in the outbox, and without the flag the
+/// same settings are refused before anything runs.
+#[test]
+fn review_run_needs_no_ticket_system() {
+    let out = tempfile::tempdir().unwrap();
+    let input = format!("{}/../examples/outage.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let run = |review: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_blameless"));
+        command.args(["run", "--embedded", "--input", &input, "--out", out.path().to_str().unwrap()]);
+        if review {
+            command.arg("--review");
+        }
+        command
+            .env("BLAMELESS__MASK__KEY", "cli-test-key-0123456789")
+            .env("BLAMELESS__TICKET__SINK", "jira")
+            .env_remove("BLAMELESS__TICKET__JIRA__API_TOKEN")
+            .output()
+            .unwrap()
+    };
+
+    let refused = run(false);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("ticket.jira.base_url is empty"), "{stderr}");
+    assert!(!out.path().join("tickets").exists());
+
+    let reviewed = run(true);
+    assert!(reviewed.status.success(), "{}", String::from_utf8_lossy(&reviewed.stderr));
+    let tickets = std::fs::read_dir(out.path().join("tickets")).unwrap().count();
+    assert!(tickets > 0, "review mode wrote no ticket to the outbox");
+    let stdout = String::from_utf8_lossy(&reviewed.stdout);
+    assert!(stdout.contains("created: file://"), "{stdout}");
+}

@@ -2,7 +2,7 @@
 //! ticket` process sends gated incidents to a Jira double and is killed at
 //! two exact steps, through the crash points of the `failpoints` build:
 //!
-//! - after Jira answered the create and before the ledger record is sent
+//! - after Jira responded to the create and before the ledger record is sent
 //!   (`ticket-after-reply`): on restart the ledger has no record, so the
 //!   stage finds the ticket by its label and records it;
 //! - after the ledger record is acknowledged and before the input offset
@@ -63,7 +63,7 @@ impl Respond for CreateIssue {
     }
 }
 
-/// Answers `GET /rest/api/3/search/jql` with the issues whose labels
+/// Responds to `GET /rest/api/3/search/jql` with the issues whose labels
 /// contain the label named in the JQL.
 struct SearchIssues(Arc<JiraState>);
 
@@ -116,28 +116,7 @@ async fn jira_double() -> (MockServer, Arc<JiraState>) {
 }
 
 fn gated_incident(index: i64) -> IncidentEvent {
-    let start_ms = 1_765_549_200_000 + index * 3_600_000;
-    IncidentEvent {
-        incident_id: format!("b7e15c1a-0000-4000-8000-00000000000{index}"),
-        change: "gated".into(),
-        incident_type: "platform_outage".into(),
-        severity: "sev1".into(),
-        affected_service: "voice_inbound".into(),
-        platform_source: "genesys_cloud_cx".into(),
-        signal_type: "call_failed".into(),
-        timestamp_start_ms: start_ms,
-        timestamp_end_ms: None,
-        last_signal_ms: start_ms + 600_000,
-        failed_contacts: 120,
-        total_contacts: 300,
-        threshold_count: 50,
-        window_ms: 300_000,
-        gated: true,
-        gate_reason: Some("lasted longer than 600 s".into()),
-        recurrences: 0,
-        type_reason: None,
-        dependencies: Vec::new(),
-    }
+    common::gated_incident(&format!("b7e15c1a-0000-4000-8000-00000000000{index}"), 1_765_549_200_000 + index * 3_600_000)
 }
 
 async fn cluster(name: &str, jira: &MockServer) -> TestCluster {
@@ -181,7 +160,7 @@ async fn ledger(cluster: &TestCluster) -> Vec<TicketRecord> {
                 assert_eq!(stored.key.as_deref(), Some(record.incident_id.as_bytes()));
                 records.push(record);
             }
-            other => panic!("tickets holds {other:?}"),
+            other => panic!("tickets contains {other:?}"),
         }
     }
     records
@@ -210,7 +189,7 @@ async fn wait_for_exit(stage: &mut StageProcess, limit: Duration) -> bool {
     }
 }
 
-/// Waits until the `tickets` topic holds `count` records, and fails with
+/// Waits until the `tickets` topic contains `count` records, and fails with
 /// the stage's log otherwise.
 async fn wait_for_ledger(cluster: &TestCluster, count: usize, log_name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
@@ -247,7 +226,7 @@ fn assert_ledger(records: &[TicketRecord], incidents: &[IncidentEvent], jira: &M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Kafka broker of scripts/test.sh"]
-async fn crash_between_reply_and_ledger_makes_one_ticket() {
+async fn crash_after_reply_makes_one_ticket() {
     let (jira, state) = jira_double().await;
     let mut cluster = cluster("ticket-after-reply", &jira).await;
     let incidents = [gated_incident(0), gated_incident(1)];
@@ -267,13 +246,13 @@ async fn crash_between_reply_and_ledger_makes_one_ticket() {
     let restart_log = log_text(&cluster, "ticket-restart");
     assert!(restart_log.contains("found in the ticket system but not in the ledger"), "{restart_log}");
     for log in [log_text(&cluster, "ticket-crash"), restart_log] {
-        assert!(!log.contains(API_TOKEN), "a stage log holds the API token");
+        assert!(!log.contains(API_TOKEN), "a stage log contains the API token");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the Kafka broker of scripts/test.sh"]
-async fn crash_between_ledger_and_commit_asks_jira_nothing() {
+async fn crash_before_commit_skips_jira() {
     let (jira, state) = jira_double().await;
     let mut cluster = cluster("ticket-before-commit", &jira).await;
     let incidents = [gated_incident(0)];

@@ -19,6 +19,8 @@ use serde_json::{json, Map, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+mod common;
+
 use blameless::config::{JiraConfig, JiraFieldMapping, Secret, ServiceNowConfig, TicketConfig, WebhookConfig};
 use blameless::metrics::Metrics;
 use blameless::model::{DependencyStatus, IncidentEvent, Record, TicketRecord};
@@ -576,27 +578,7 @@ fn stage_for(config: &TicketConfig, dir: &Path) -> TicketStage {
 
 /// Builds a gated platform outage with a fresh incident id.
 fn gated_incident() -> IncidentEvent {
-    IncidentEvent {
-        incident_id: uuid::Uuid::new_v4().to_string(),
-        change: "gated".into(),
-        incident_type: "platform_outage".into(),
-        severity: "sev1".into(),
-        affected_service: "voice_inbound".into(),
-        platform_source: "genesys_cloud_cx".into(),
-        signal_type: "call_failed".into(),
-        timestamp_start_ms: START_MS,
-        timestamp_end_ms: None,
-        last_signal_ms: START_MS + 800_000,
-        failed_contacts: 120,
-        total_contacts: 300,
-        threshold_count: 50,
-        window_ms: 300_000,
-        gated: true,
-        gate_reason: Some("lasted longer than 600 s".into()),
-        recurrences: 0,
-        type_reason: None,
-        dependencies: Vec::new(),
-    }
+    common::gated_incident(&uuid::Uuid::new_v4().to_string(), START_MS)
 }
 
 /// Builds a gated incident caused by a failing CRM while the platform is healthy.

@@ -648,24 +648,12 @@ impl AttachmentsConfig {
 
     /// Replaces each key by the contents of its key file, when one is set.
     fn read_key_files(&mut self) -> Result<(), ConfigError> {
-        for (setting, file, key) in [
-            ("attachments.master_key_file", &self.master_key_file, &mut self.master_key),
-            (
-                "attachments.previous_master_key_file",
-                &self.previous_master_key_file,
-                &mut self.previous_master_key,
-            ),
-        ] {
-            if let Some(path) = file {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-                    setting,
-                    path: path.clone(),
-                    source,
-                })?;
-                *key = Secret::new(text.trim());
-            }
-        }
-        Ok(())
+        ticket::read_secret_file("attachments.master_key_file", &self.master_key_file, &mut self.master_key)?;
+        ticket::read_secret_file(
+            "attachments.previous_master_key_file",
+            &self.previous_master_key_file,
+            &mut self.previous_master_key,
+        )
     }
 
     fn validate(&self, problems: &mut Vec<String>) {

@@ -6,6 +6,34 @@ pub mod kafka;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use blameless::model::IncidentEvent;
+
+/// A gated, still open `platform_outage` on `voice_inbound` that started at
+/// `start_ms`: 120 of 300 calls failed.
+pub fn gated_incident(incident_id: &str, start_ms: i64) -> IncidentEvent {
+    IncidentEvent {
+        incident_id: incident_id.into(),
+        change: "gated".into(),
+        incident_type: "platform_outage".into(),
+        severity: "sev1".into(),
+        affected_service: "voice_inbound".into(),
+        platform_source: "genesys_cloud_cx".into(),
+        signal_type: "call_failed".into(),
+        timestamp_start_ms: start_ms,
+        timestamp_end_ms: None,
+        last_signal_ms: start_ms + 800_000,
+        failed_contacts: 120,
+        total_contacts: 300,
+        threshold_count: 50,
+        window_ms: 300_000,
+        gated: true,
+        gate_reason: Some("lasted longer than 600 s".into()),
+        recurrences: 0,
+        type_reason: None,
+        dependencies: Vec::new(),
+    }
+}
+
 /// Personal values in raw platform payloads: phone numbers (with and without
 /// their `tel:` wrapper), agent user ids, external contact ids, names and
 /// email addresses.

@@ -40,7 +40,7 @@ pub struct TicketConfig {
     pub sink: String,
     /// Folder of the outbox sink, and of review mode. Default `out/tickets`.
     pub outbox_dir: PathBuf,
-    /// Review mode: tickets go to the outbox folder whatever `sink` says,
+    /// Review mode: tickets go to the outbox folder whatever `sink` is,
     /// so a replay never touches a live ticket system. Default false.
     pub review: bool,
     /// Timeout of one request to the ticket system, in seconds. Default 10.
@@ -207,7 +207,7 @@ pub struct ServiceNowConfig {
     /// `BLAMELESS__TICKET__SERVICENOW__TOKEN` or `token_file`.
     pub token: Secret,
     pub token_file: Option<PathBuf>,
-    /// Column that holds the incident id, which the search before a create
+    /// Column that contains the incident id, which the search before a create
     /// looks for. Default `correlation_id`.
     pub correlation_field: String,
     /// Payload field to column, such as `data_snapshot_url = "u_data_snapshot_url"`.
@@ -244,8 +244,9 @@ impl Default for ServiceNowConfig {
     }
 }
 
-/// Replaces `secret` with the contents of `file`, when one is set.
-fn read_secret_file(setting: &'static str, file: &Option<PathBuf>, secret: &mut Secret) -> Result<(), ConfigError> {
+/// Replaces `secret` with the contents of `file`, without surrounding
+/// whitespace, when a file is set.
+pub(super) fn read_secret_file(setting: &'static str, file: &Option<PathBuf>, secret: &mut Secret) -> Result<(), ConfigError> {
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
             setting,
@@ -410,5 +411,88 @@ impl ServiceNowConfig {
             problems.push("ticket.servicenow.correlation_field is empty; set it to a column such as correlation_id".into());
         }
         check_field_names("ticket.servicenow.fields", self.fields.keys(), problems);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn load(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blameless.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shipped_configuration_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blameless.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.ticket.sink, "outbox");
+    }
+
+    #[test]
+    fn jira_mapping_reads_both_forms() {
+        let config = load(
+            r#"
+[ticket]
+sink = "jira"
+[ticket.jira]
+base_url = "https://your-team.atlassian.net"
+email = "sre@example.com"
+api_token = "token-from-a-test"
+project_key = "OPS"
+[ticket.jira.fields]
+data_snapshot_url = "customfield_10050"
+severity = { field = "customfield_10051", kind = "option" }
+"#,
+        )
+        .unwrap();
+        let fields = &config.ticket.jira.fields;
+        assert_eq!((fields["data_snapshot_url"].field(), fields["data_snapshot_url"].kind()), ("customfield_10050", "text"));
+        assert_eq!((fields["severity"].field(), fields["severity"].kind()), ("customfield_10051", "option"));
+    }
+
+    #[test]
+    fn jira_without_settings_names_each_fix() {
+        let error = load("[ticket]\nsink = \"jira\"\n[ticket.jira.fields]\nseverity_level = \"customfield_1\"\n").unwrap_err();
+        for expected in [
+            "ticket.jira.base_url is empty",
+            "ticket.jira.email is empty",
+            "BLAMELESS__TICKET__JIRA__API_TOKEN",
+            "ticket.jira.project_key is empty",
+            "\"severity_level\", which does not exist",
+        ] {
+            assert!(error.contains(expected), "missing {expected:?} in {error}");
+        }
+    }
+
+    #[test]
+    fn review_mode_needs_no_credentials() {
+        let config = load("[ticket]\nsink = \"servicenow\"\nreview = true\n").unwrap();
+        assert_eq!(config.ticket.effective_sink(), "outbox");
+        let error = load("[ticket]\nsink = \"servicenow\"\n").unwrap_err();
+        assert!(error.contains("ticket.servicenow has no credentials"), "{error}");
+    }
+
+    #[test]
+    fn unknown_sink_lists_the_sinks() {
+        let error = load("[ticket]\nsink = \"zendesk\"\n").unwrap_err();
+        assert!(error.contains("\"zendesk\"") && error.contains("outbox, webhook, jira, servicenow"), "{error}");
+    }
+
+    #[test]
+    fn secret_file_replaces_the_token_and_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "token-from-a-file\n").unwrap();
+        let config = load(&format!(
+            "[ticket]\nsink = \"servicenow\"\n[ticket.servicenow]\ninstance_url = \"https://your-instance.service-now.com\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(config.ticket.servicenow.token.expose(), "token-from-a-file");
+        assert!(!format!("{config:?}").contains("token-from-a-file"));
     }
 }

@@ -47,7 +47,7 @@ pub struct HttpClient {
     client: reqwest::Client,
     system: &'static str,
     policy: RetryPolicy,
-    /// Settings to check when the system answers 401, for the error.
+    /// Settings to check when the system responds with 401, named in the error.
     credential_settings: &'static str,
     circuit_open: AtomicBool,
 }
@@ -82,7 +82,7 @@ impl HttpClient {
     }
 
     /// Sends the request that `build` makes and returns its 2xx response.
-    /// `operation` says what the request does, for logs and errors, such as
+    /// `operation` describes the request, for logs and errors, such as
     /// "search for the ticket of incident 0b6f…". Only for requests that
     /// are safe to repeat: searches and updates.
     pub async fn send(&self, operation: &str, build: impl Fn() -> RequestBuilder) -> Result<Response, SinkError> {
@@ -90,7 +90,7 @@ impl HttpClient {
     }
 
     /// Sends a request that makes a ticket. It is repeated only after
-    /// answers that mean it was not carried out (a refused connection, 408,
+    /// responses that mean it was not carried out (a refused connection, 408,
     /// 429, 503). After a timeout or another 5xx the ticket may exist, so
     /// it returns [`SinkError::Uncertain`]: the stage searches before it
     /// tries again.
@@ -135,7 +135,7 @@ impl HttpClient {
                             system: self.system,
                             operation: operation.to_string(),
                             reason: format!(
-                                "the credentials were refused (HTTP 401: {body}); check {}",
+                                "the credentials were rejected (HTTP 401: {body}); check {}",
                                 self.credential_settings
                             ),
                         });
@@ -186,7 +186,7 @@ impl HttpClient {
     fn describe_send_error(&self, error: &reqwest::Error) -> String {
         if error.is_timeout() {
             format!(
-                "no answer within {} s (ticket.request_timeout_secs)",
+                "timed out after {} s (ticket.request_timeout_secs)",
                 self.policy.timeout.as_secs_f64()
             )
         } else if error.is_connect() {
@@ -203,7 +203,7 @@ fn retryable(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// Whether a retryable answer means the server did not carry the request
+/// Whether a retryable response means the server did not carry the request
 /// out, so a create can be sent again without a search.
 fn surely_not_carried_out(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT
@@ -224,7 +224,7 @@ pub async fn body_text(response: Response) -> String {
     }
 }
 
-/// Reads a JSON response body. A 2xx answer that is not JSON means the
+/// Reads a JSON response body. A 2xx response that is not JSON means the
 /// address points at something other than the ticket system's API.
 pub async fn json_body(system: &'static str, operation: &str, response: Response) -> Result<serde_json::Value, SinkError> {
     let status = response.status().as_u16();
@@ -234,7 +234,7 @@ pub async fn json_body(system: &'static str, operation: &str, response: Response
         operation: operation.to_string(),
         status,
         body: format!(
-            "the answer is not JSON, so the address may not be the {system} API: {}",
+            "the response is not JSON, so the address may not be the {system} API: {}",
             text.chars().take(300).collect::<String>()
         ),
     })

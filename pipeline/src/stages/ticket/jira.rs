@@ -1,7 +1,7 @@
 //! Jira Cloud and Jira Service Management, through the Jira platform REST
 //! API version 3:
 //!
-//! - create: `POST /rest/api/3/issue`, answered `201 {"id","key","self"}`;
+//! - create: `POST /rest/api/3/issue`, response `201 {"id","key","self"}`;
 //! - update: `PUT /rest/api/3/issue/{key}` (204), then a comment through
 //!   `POST /rest/api/3/issue/{key}/comment` (201);
 //! - search: `GET /rest/api/3/search/jql` for the label
@@ -191,7 +191,7 @@ impl TicketSink for JiraSink {
                 system: SYSTEM,
                 operation,
                 status: 201,
-                body: format!("the answer has no issue key: {created}"),
+                body: format!("the response has no issue key: {created}"),
             });
         };
         Ok(TicketRef {

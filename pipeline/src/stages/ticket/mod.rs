@@ -11,11 +11,11 @@
 //! same location.
 //!
 //! Exactly one ticket:
-//! - at start the stage reads the `tickets` ledger to its end, so it knows
+//! - at start the stage reads the `tickets` ledger to its end, so it has
 //!   every ticket already made;
 //! - an incident missing from the ledger is searched for in the ticket
 //!   system (by a label or a correlation column) before a create, which
-//!   covers a stop between the system's answer and the ledger record;
+//!   covers a stop between the system's response and the ledger record;
 //! - records read again below a commit's done mark (a replay after a
 //!   restart) touch no ticket system at all;
 //! - the ledger record is acknowledged before the input offset is
@@ -24,7 +24,7 @@
 //! Failures: a request is retried with backoff and the server's
 //! Retry-After; a system that stays down opens the circuit, and the stage
 //! waits and probes it every `ticket.circuit_open_secs`, keeping its place
-//! in the stream. An answer that retrying cannot fix (an unknown custom
+//! in the stream. A response that retrying cannot fix (an unknown custom
 //! field, a missing permission) sends the incident to the dead-letter topic
 //! with the system's response body, and the stage goes on.
 //!
@@ -62,7 +62,7 @@ pub use sink::{build_sink, SinkError, TicketRef, TicketSink};
 /// stage waits out a ticket system that is down inside one batch.
 const MAX_PROCESSING_TIME: Duration = Duration::from_secs(24 * 3600);
 
-/// Wait before searching for a ticket whose create got no clear answer,
+/// Wait before searching for a ticket whose create got no clear response,
 /// so that the system's search can see it.
 const UNCERTAIN_WAIT: Duration = Duration::from_secs(5);
 
@@ -111,14 +111,14 @@ impl TicketStage {
         self
     }
 
-    /// Returns the ledger record of an incident, if the stage knows one.
+    /// Returns the ledger record of an incident, if the stage has one.
     pub fn ledger_entry(&self, incident_id: &str) -> Option<&TicketRecord> {
         self.ledger.get(incident_id)
     }
 
     /// Makes one call, waiting out a system that is unavailable: each wait
-    /// is `circuit_wait`, then one probe. A create that got no clear answer
-    /// is searched for before it is sent again. Returns the answer, or the
+    /// is `circuit_wait`, then one probe. A create that got no clear response
+    /// is searched for before it is sent again. Returns the response, or the
     /// rejection that retrying cannot fix.
     async fn call(&self, call: Call<'_>) -> Result<Option<TicketRef>, SinkError> {
         let mut tries = 0u32;
@@ -165,7 +165,7 @@ impl TicketStage {
                         operation = %operation,
                         reason = %reason,
                         wait_secs = wait.as_secs_f64(),
-                        "Create got no clear answer; searching for the ticket before sending it again."
+                        "Create got no clear response; searching for the ticket before sending it again."
                     );
                     tokio::time::sleep(wait).await;
                 }
@@ -242,13 +242,13 @@ impl TicketStage {
             }
             None => (None, "created", String::new()),
         };
-        let answer = match &call {
+        let response = match &call {
             Some(ticket) => self.call(Call::Update(ticket, &payload, &note)).await,
             None => self.call(Call::Create(&payload)).await,
         };
-        let ticket = match answer {
+        let ticket = match response {
             Ok(Some(ticket)) => ticket,
-            Ok(None) => unreachable!("a create or an update answers with a ticket"),
+            Ok(None) => unreachable!("a create or an update returns a ticket"),
             Err(error) => return Ok(Err(self.rejected(&incident.incident_id, error))),
         };
         #[cfg(feature = "failpoints")]
@@ -265,7 +265,7 @@ impl TicketStage {
         Ok(Ok(vec![self.ledger_record(ticket, status, &payload)]))
     }
 
-    /// Turns an answer that retrying cannot fix into a dead letter, with
+    /// Turns a response that retrying cannot fix into a dead letter, with
     /// the system's response body in the reason.
     fn rejected(&self, incident_id: &str, error: SinkError) -> Reject {
         if let Some(metrics) = &self.metrics {
@@ -276,7 +276,7 @@ impl TicketStage {
             incident_id,
             system = self.sink.system(),
             error = %error,
-            "Ticket system refused the incident; it goes to the dead-letter topic. Fix the cause and replay it from there."
+            "Ticket system rejected the incident, so it goes to the dead-letter topic. Fix the cause and replay it from there."
         );
         Reject::new(format!("ticket for incident {incident_id} not written: {error}"))
     }

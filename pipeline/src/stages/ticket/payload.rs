@@ -141,7 +141,7 @@ impl TicketPayload {
             || self.type_reason != next.type_reason
     }
 
-    /// Says what changed from `previous`, for a comment or work note.
+    /// Describes what changed from `previous`, for a comment or work note.
     pub fn change_note(&self, previous: Option<&TicketPayload>) -> String {
         let mut changes = Vec::new();
         if let Some(previous) = previous {

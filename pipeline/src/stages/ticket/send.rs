@@ -58,7 +58,7 @@ fn read_ledger(path: &Path) -> Result<Vec<Record>, SendError> {
 
 /// Sends every incident of `input` through `stage`, keeping the ledger in
 /// `ledger`. A line that is not an incident record, or that the ticket
-/// system refuses, is reported and the rest are still sent.
+/// system rejects, is reported and the rest are still sent.
 pub async fn send_file(stage: &mut TicketStage, input: &Path, ledger: &Path) -> Result<SendReport, SendError> {
     use crate::transport::Stage;
     stage.restore(read_ledger(ledger)?);

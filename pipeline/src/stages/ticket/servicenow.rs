@@ -1,9 +1,9 @@
 //! ServiceNow, through the Table API on the incident table (or another
 //! configured table):
 //!
-//! - create: `POST /api/now/table/{table}`, answered `201 {"result": {...}}`;
+//! - create: `POST /api/now/table/{table}`, response `201 {"result": {...}}`;
 //! - update: `PATCH /api/now/table/{table}/{sys_id}` (200), with a work note
-//!   that says what changed;
+//!   that describes what changed;
 //! - search: `GET /api/now/table/{table}?sysparm_query=correlation_id=<id>`.
 //!
 //! Every value in the Table API is a string. Authentication is HTTP Basic,
@@ -19,8 +19,8 @@ use super::TicketPayload;
 use crate::config::{ServiceNowConfig, TicketConfig};
 
 const SYSTEM: &str = "servicenow";
-/// Columns asked for in every answer: only what the ledger keeps.
-const ANSWER_FIELDS: &str = "sys_id,number,state";
+/// Columns requested in every response: only what the ledger keeps.
+const RESPONSE_FIELDS: &str = "sys_id,number,state";
 /// Longest short_description of the incident table.
 const SHORT_DESCRIPTION_LIMIT: usize = 160;
 
@@ -70,14 +70,14 @@ impl ServiceNowSink {
         format!("{}/nav_to.do?uri={}.do?sys_id={sys_id}", self.base, self.config.table)
     }
 
-    /// Reads the ticket out of a record of an answer.
+    /// Reads the ticket out of a record of a response.
     fn reference(&self, record: &Value, operation: &str, status: u16) -> Result<TicketRef, SinkError> {
         let (Some(sys_id), Some(number)) = (record["sys_id"].as_str(), record["number"].as_str()) else {
             return Err(SinkError::Rejected {
                 system: SYSTEM,
                 operation: operation.to_string(),
                 status,
-                body: format!("the answer has no sys_id and number: {record}"),
+                body: format!("the response has no sys_id and number: {record}"),
             });
         };
         Ok(TicketRef {
@@ -144,7 +144,7 @@ impl TicketSink for ServiceNowSink {
             .send(&operation, || {
                 self.request(reqwest::Method::GET, "").query(&[
                     ("sysparm_query", query.as_str()),
-                    ("sysparm_fields", ANSWER_FIELDS),
+                    ("sysparm_fields", RESPONSE_FIELDS),
                     ("sysparm_limit", "1"),
                 ])
             })
@@ -163,7 +163,7 @@ impl TicketSink for ServiceNowSink {
             .http
             .send_create(&operation, || {
                 self.request(reqwest::Method::POST, "")
-                    .query(&[("sysparm_fields", ANSWER_FIELDS), ("sysparm_exclude_reference_link", "true")])
+                    .query(&[("sysparm_fields", RESPONSE_FIELDS), ("sysparm_exclude_reference_link", "true")])
                     .json(&body)
             })
             .await?;
@@ -196,7 +196,7 @@ impl TicketSink for ServiceNowSink {
             .http
             .send(&operation, || {
                 self.request(reqwest::Method::PATCH, &path)
-                    .query(&[("sysparm_fields", ANSWER_FIELDS), ("sysparm_exclude_reference_link", "true")])
+                    .query(&[("sysparm_fields", RESPONSE_FIELDS), ("sysparm_exclude_reference_link", "true")])
                     .json(&body)
             })
             .await?;

@@ -21,17 +21,17 @@ pub struct TicketRef {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The system answered, and sending the same request again cannot
+    /// The system responded, and sending the same request again cannot
     /// help: an unknown custom field, a missing permission, an invalid
     /// project. The incident goes to the dead-letter topic.
-    #[error("{system} refused to {operation} (HTTP {status}): {body}")]
+    #[error("{system} rejected the request to {operation} (HTTP {status}): {body}")]
     Rejected {
         system: &'static str,
         operation: String,
         status: u16,
         body: String,
     },
-    /// The system could not be reached, kept failing, or refused the
+    /// The system could not be reached, kept failing, or rejected the
     /// credentials. The stage waits and tries again, keeping its place.
     #[error("{system} could not {operation}: {reason}")]
     Unavailable {
@@ -39,10 +39,10 @@ pub enum SinkError {
         operation: String,
         reason: String,
     },
-    /// A create got no clear answer (a timeout, or a 5xx that may come
+    /// A create got no clear response (a timeout, or a 5xx that may come
     /// after the work was done): the ticket may exist. The stage searches
     /// for it before trying again.
-    #[error("{system} gave no clear answer to {operation}: {reason}")]
+    #[error("{system} gave no clear response to {operation}: {reason}")]
     Uncertain {
         system: &'static str,
         operation: String,
@@ -65,7 +65,7 @@ pub trait TicketSink: Send + Sync {
     /// Creates the ticket of an incident.
     async fn create(&self, payload: &TicketPayload) -> Result<TicketRef, SinkError>;
 
-    /// Brings an existing ticket up to date with `payload`. `note` says what
+    /// Brings an existing ticket up to date with `payload`. `note` describes what
     /// changed, for systems that keep a comment or work note.
     async fn update(&self, ticket: &TicketRef, payload: &TicketPayload, note: &str) -> Result<TicketRef, SinkError>;
 }

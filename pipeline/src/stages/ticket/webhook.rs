@@ -5,7 +5,7 @@
 //! A webhook has no search, so the `tickets` ledger alone keeps a
 //! restart from sending a create twice. Each request carries an
 //! `Idempotency-Key` header (the incident id and a hash of the body), so a
-//! receiver can drop the rare repeat after a crash between its answer and
+//! receiver can drop the rare repeat after a crash between its response and
 //! the ledger record.
 
 use async_trait::async_trait;
@@ -46,7 +46,7 @@ impl WebhookSink {
     }
 
     /// The body of a delivery: the payload's fields, `event`, and for an
-    /// update the note that says what changed.
+    /// update the note that describes what changed.
     pub fn body(payload: &TicketPayload, event: &str, note: Option<&str>) -> Vec<u8> {
         let mut object = serde_json::to_value(payload).unwrap_or(Value::Null);
         if let Value::Object(fields) = &mut object {
@@ -80,13 +80,13 @@ impl WebhookSink {
                 request
             })
             .await?;
-        // A receiver may answer with the ticket it made; otherwise the
+        // A receiver may respond with the ticket it made; otherwise the
         // incident id is the key.
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let reply: Value = response.json().await.unwrap_or(Value::Null);
         Ok(TicketRef {
-            key: answer["key"].as_str().unwrap_or(&payload.incident_id).to_string(),
-            id: answer["id"].as_str().map(str::to_string),
-            url: answer["url"].as_str().unwrap_or(&self.config.url).to_string(),
+            key: reply["key"].as_str().unwrap_or(&payload.incident_id).to_string(),
+            id: reply["id"].as_str().map(str::to_string),
+            url: reply["url"].as_str().unwrap_or(&self.config.url).to_string(),
         })
     }
 }
