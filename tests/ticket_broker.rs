@@ -177,14 +177,18 @@ fn start_ticket(cluster: &mut TestCluster, log_name: &str, failpoint: Option<&st
 }
 
 /// Waits for a stage process to end by itself and returns whether it
-/// succeeded.
-async fn wait_for_exit(stage: &mut StageProcess, limit: Duration) -> bool {
+/// succeeded. Fails with the stage's log after `limit`.
+async fn wait_for_exit(cluster: &TestCluster, stage: &mut StageProcess, log_name: &str, limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;
     loop {
         if let Some(status) = stage.0.try_wait().unwrap() {
             return status.success();
         }
-        assert!(std::time::Instant::now() < deadline, "the stage did not reach its crash point");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage did not reach its crash point; stage log:\n{}",
+            log_text(cluster, log_name)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -233,7 +237,7 @@ async fn crash_after_reply_makes_one_ticket() {
     write_incidents(&cluster, &incidents).await;
 
     let mut crashed = start_ticket(&mut cluster, "ticket-crash", Some("ticket-after-reply"));
-    assert!(!wait_for_exit(&mut crashed, Duration::from_secs(90)).await, "the stage should abort at its crash point");
+    assert!(!wait_for_exit(&cluster, &mut crashed, "ticket-crash", Duration::from_secs(90)).await, "the stage should abort at its crash point");
     assert_eq!(state.creates(), 1, "the crash came right after the first create");
     assert!(ledger(&cluster).await.is_empty(), "the ledger record was never sent");
 
@@ -259,7 +263,7 @@ async fn crash_before_commit_skips_jira() {
     write_incidents(&cluster, &incidents).await;
 
     let mut crashed = start_ticket(&mut cluster, "ticket-crash", Some("after-send-before-commit"));
-    assert!(!wait_for_exit(&mut crashed, Duration::from_secs(90)).await, "the stage should abort at its crash point");
+    assert!(!wait_for_exit(&cluster, &mut crashed, "ticket-crash", Duration::from_secs(90)).await, "the stage should abort at its crash point");
     assert_eq!(state.creates(), 1);
     assert_eq!(ledger(&cluster).await.len(), 1, "the ledger record was acknowledged before the crash");
     let requests_before = jira.received_requests().await.unwrap().len();

@@ -1064,11 +1064,11 @@ async fn unauthorized_waits_then_creates(kind: Kind) {
     let config = ticket_config(kind, &server.uri());
     let (logs, _guard) = LogCapture::start();
 
-    // The sink's own error names the settings and the answer, not the secret.
+    // The sink's own error names the settings and the response, not the secret.
     double.fail_next_any(Fault::Answer(Double::unauthorized(kind)));
     let sink = build_sink(&config).unwrap();
     let error = sink.find("probe").await.unwrap_err().to_string();
-    assert!(error.contains("the credentials were refused (HTTP 401"), "{error}");
+    assert!(error.contains("the credentials were rejected (HTTP 401"), "{error}");
     if kind == Kind::ServiceNow {
         assert!(error.contains("User Not Authenticated"), "{error}");
     }
@@ -1091,7 +1091,7 @@ async fn unauthorized_waits_then_creates(kind: Kind) {
     assert_eq!(double.count("create"), 1);
     assert_eq!(double.ticket_count(), 1);
     let text = logs.text();
-    assert!(text.contains("credentials were refused"), "{text}");
+    assert!(text.contains("credentials were rejected"), "{text}");
     for secret in secrets_of(kind) {
         assert!(!text.contains(&secret), "{text}");
     }
