@@ -1320,6 +1320,28 @@ async fn outage_keeps_waiting(kind: Kind) {
     assert_eq!(stage.ledger_entry(&incident.incident_id), Some(&records[0]));
 }
 
+/// `blameless ticket send` builds the stage without waiting: an outage is
+/// reported as that incident's failure after the attempts run out.
+#[tokio::test]
+async fn outage_without_waiting_fails_fast() {
+    let (server, double) = Double::start(Kind::Jira).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut stage = stage_for(&ticket_config(Kind::Jira, &server.uri()), dir.path()).without_waiting();
+    double.set_outage(Some(ResponseTemplate::new(503).set_body_string("maintenance")));
+    let incident = gated_incident();
+
+    let outcome = tokio::time::timeout(Duration::from_secs(10), stage.handle(&incident))
+        .await
+        .expect("the stage waited for a system that is down")
+        .unwrap();
+
+    let reject = outcome.unwrap_err();
+    assert!(reject.reason.contains("HTTP 503: maintenance"), "{}", reject.reason);
+    assert!(reject.reason.contains(&incident.incident_id), "{}", reject.reason);
+    assert_eq!(double.count("create"), 0);
+    assert!(stage.ledger_entry(&incident.incident_id).is_none());
+}
+
 #[tokio::test]
 async fn jira_outage_keeps_waiting() {
     outage_keeps_waiting(Kind::Jira).await;

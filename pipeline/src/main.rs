@@ -559,7 +559,7 @@ async fn send_tickets(config: &Config, input: &std::path::Path, ledger: &std::pa
         std::fs::create_dir_all(folder)
             .with_context(|| format!("could not create the folder {} of the ledger file", folder.display()))?;
     }
-    let mut stage = app::ticket_stage(config, &Metrics::new())?;
+    let mut stage = app::ticket_stage(config, &Metrics::new())?.without_waiting();
     let report = send_file(&mut stage, input, ledger).await?;
     for line in &report.lines {
         println!("{line}");

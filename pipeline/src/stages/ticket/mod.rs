@@ -80,6 +80,9 @@ pub struct TicketStage {
     cold: ArchiveStore,
     snapshot_margin_ms: i64,
     circuit_wait: Duration,
+    /// Whether an unavailable system is waited out (the stage) or reported
+    /// at once (`blameless ticket send`).
+    wait_out_outages: bool,
     ledger: HashMap<String, TicketRecord>,
     metrics: Option<TicketMetrics>,
     /// Incidents that closed without passing the gate.
@@ -94,6 +97,7 @@ impl TicketStage {
             cold,
             snapshot_margin_ms,
             circuit_wait: Duration::from_secs(30),
+            wait_out_outages: true,
             ledger: HashMap::new(),
             metrics: None,
             spikes_not_ticketed: 0,
@@ -103,6 +107,14 @@ impl TicketStage {
     /// Sets the wait between probes of a ticket system that is down.
     pub fn with_circuit_wait(mut self, wait: Duration) -> TicketStage {
         self.circuit_wait = wait;
+        self
+    }
+
+    /// Reports an unavailable system, or a create without a clear response,
+    /// as a failure of that incident instead of waiting: for a command that
+    /// a person runs and watches.
+    pub fn without_waiting(mut self) -> TicketStage {
+        self.wait_out_outages = false;
         self
     }
 
@@ -143,6 +155,9 @@ impl TicketStage {
             };
             tries += 1;
             match result {
+                Err(error @ (SinkError::Unavailable { .. } | SinkError::Uncertain { .. })) if !self.wait_out_outages => {
+                    return Err(error);
+                }
                 Err(SinkError::Unavailable { system, operation, reason }) => {
                     if let Some(metrics) = &self.metrics {
                         metrics.circuit_open.with_label_values(&[system]).set(1);
@@ -265,8 +280,9 @@ impl TicketStage {
         Ok(Ok(vec![self.ledger_record(ticket, status, &payload)]))
     }
 
-    /// Turns a response that retrying cannot fix into a dead letter, with
-    /// the system's response body in the reason.
+    /// Turns a response that retrying cannot fix (or, without waiting, an
+    /// outage) into a rejection with the system's response body in the
+    /// reason: a dead letter in the stage, a failed line in `ticket send`.
     fn rejected(&self, incident_id: &str, error: SinkError) -> Reject {
         if let Some(metrics) = &self.metrics {
             metrics.rejected.with_label_values(&[self.sink.system()]).inc();
@@ -276,7 +292,7 @@ impl TicketStage {
             incident_id,
             system = self.sink.system(),
             error = %error,
-            "Ticket system rejected the incident, so it goes to the dead-letter topic. Fix the cause and replay it from there."
+            "Ticket not written: the incident is rejected with the ticket system's response. Fix the cause and send it again from the dead-letter topic or with `blameless ticket send`."
         );
         Reject::new(format!("ticket for incident {incident_id} not written: {error}"))
     }
