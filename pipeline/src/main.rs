@@ -340,7 +340,8 @@ async fn run_archive(config: &Config, action: ArchiveAction) -> anyhow::Result<E
                 hot_days: config.archive.hot_retention_days,
                 cold_days: config.archive.cold_retention_days,
             };
-            let rules = archive::lifecycle_rules(&config.archive.url, &config.archive.cold_url, retention);
+            let rules = archive::lifecycle_rules(&config.archive.url, &config.archive.cold_url, retention)
+                .map_err(|reason| anyhow::anyhow!(reason))?;
             println!("{}", serde_json::to_string_pretty(&rules)?);
             for url in [&config.archive.url, &config.archive.cold_url] {
                 if !url.starts_with("s3://") && !url.starts_with("s3a://") {
@@ -367,6 +368,12 @@ async fn run_archive(config: &Config, action: ArchiveAction) -> anyhow::Result<E
                         println!("gap\t{}\t{started}\t{reason}", check.incident_id);
                     }
                 }
+            }
+            if checks.is_empty() {
+                eprintln!(
+                    "No incident older than {older_than} found in {}. If you expected some, check archive.cold_url.",
+                    cold.url_of("")
+                );
             }
             eprintln!(
                 "{} incidents older than {older_than} checked in {}: {} read back, {gaps} with gaps.",
@@ -568,9 +575,9 @@ async fn send_tickets(config: &Config, input: &std::path::Path, ledger: &std::pa
         eprintln!("{failure}");
     }
     eprintln!(
-        "{} incidents sent through {}, {} failed. Ledger: {}",
-        report.lines.len(),
+        "Incidents through {}: {}, failed: {}. Ledger: {}",
         config.ticket.effective_sink(),
+        report.sent,
         report.failures.len(),
         ledger.display()
     );

@@ -128,6 +128,11 @@ fn default_jira_kind() -> String {
     "text".into()
 }
 
+/// Jira fields that the sink fills itself: a mapping onto one would
+/// overwrite them, and without the label the search before a create
+/// finds nothing.
+pub const JIRA_RESERVED_FIELDS: [&str; 6] = ["summary", "description", "labels", "project", "issuetype", "priority"];
+
 pub const JIRA_FIELD_KINDS: [&str; 6] = ["text", "adf", "number", "option", "datetime", "labels"];
 
 impl JiraFieldMapping {
@@ -371,7 +376,30 @@ impl JiraConfig {
                 problems.push(format!("ticket.jira.labels has {label:?}; Jira labels cannot be empty or contain spaces"));
             }
         }
+        if !self.project_key.is_empty()
+            && !self.project_key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            problems.push(format!(
+                "ticket.jira.project_key is {:?}; a Jira project key has only letters, digits and '_', such as OPS",
+                self.project_key
+            ));
+        }
         check_field_names("ticket.jira.fields", self.fields.keys(), problems);
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, mapping) in &self.fields {
+            if JIRA_RESERVED_FIELDS.contains(&mapping.field()) {
+                problems.push(format!(
+                    "ticket.jira.fields.{name} maps to {:?}, which Blameless fills itself; map it to a custom field such as \"customfield_10050\"",
+                    mapping.field()
+                ));
+            }
+            if let Some(other) = targets.insert(mapping.field(), name) {
+                problems.push(format!(
+                    "ticket.jira.fields.{other} and ticket.jira.fields.{name} both map to {:?}; give each its own field",
+                    mapping.field()
+                ));
+            }
+        }
         for (name, mapping) in &self.fields {
             if mapping.field().is_empty() {
                 problems.push(format!("ticket.jira.fields.{name} has an empty field id; set it such as \"customfield_10050\""));
@@ -411,6 +439,28 @@ impl ServiceNowConfig {
             problems.push("ticket.servicenow.correlation_field is empty; set it to a column such as correlation_id".into());
         }
         check_field_names("ticket.servicenow.fields", self.fields.keys(), problems);
+        let reserved = [
+            "short_description",
+            "description",
+            "work_notes",
+            "impact",
+            "urgency",
+            "correlation_display",
+            self.correlation_field.as_str(),
+        ];
+        let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, column) in self.fields.iter().chain(self.static_fields.iter()) {
+            if reserved.contains(&column.as_str()) {
+                problems.push(format!(
+                    "ticket.servicenow maps {name} to the column {column:?}, which Blameless fills itself; map it to another column such as \"u_{name}\""
+                ));
+            }
+            if let Some(other) = targets.insert(column, name) {
+                problems.push(format!(
+                    "ticket.servicenow maps both {other} and {name} to the column {column:?}; give each its own column"
+                ));
+            }
+        }
     }
 }
 
@@ -494,5 +544,32 @@ severity = { field = "customfield_10051", kind = "option" }
         .unwrap();
         assert_eq!(config.ticket.servicenow.token.expose(), "token-from-a-file");
         assert!(!format!("{config:?}").contains("token-from-a-file"));
+    }
+
+    #[test]
+    fn mapping_onto_builtin_fields_is_rejected() {
+        let error = load(
+            r#"
+[ticket]
+sink = "jira"
+[ticket.jira]
+base_url = "https://your-team.atlassian.net"
+email = "sre@example.com"
+api_token = "token-from-a-test"
+project_key = 'OPS" OR project = "X'
+[ticket.jira.fields]
+incident_id = "labels"
+severity = "customfield_1"
+affected_service = "customfield_1"
+"#,
+        )
+        .unwrap_err();
+        for expected in [
+            "ticket.jira.fields.incident_id maps to \"labels\", which Blameless fills itself",
+            "both map to \"customfield_1\"",
+            "a Jira project key has only letters",
+        ] {
+            assert!(error.contains(expected), "missing {expected:?} in {error}");
+        }
     }
 }

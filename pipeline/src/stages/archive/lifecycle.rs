@@ -20,7 +20,18 @@ const ABORT_MULTIPART_DAYS: u32 = 1;
 /// `aws s3api put-bucket-lifecycle-configuration --lifecycle-configuration`
 /// takes. A tier whose URL is not `s3://` is keyed by its URL, and its
 /// rules only document the retention to apply by other means.
-pub fn lifecycle_rules(hot_url: &str, cold_url: &str, retention: RetentionRules) -> Value {
+pub fn lifecycle_rules(hot_url: &str, cold_url: &str, retention: RetentionRules) -> Result<Value, String> {
+    let (hot_bucket, hot_prefix) = bucket_and_prefix(hot_url);
+    let (cold_bucket, cold_prefix) = bucket_and_prefix(cold_url);
+    // Expiration applies to every key under a rule's prefix, so a hot rule
+    // whose prefix covers the cold tier would delete snapshots at the hot
+    // tier's age.
+    if hot_bucket == cold_bucket && cold_prefix.starts_with(&hot_prefix) {
+        return Err(format!(
+            "archive.cold_url {cold_url} lies inside archive.url {hot_url}, so the hot tier's {}-day expiration would also delete the cold tier's snapshots; give each tier its own prefix, such as s3://{hot_bucket}/hot and s3://{cold_bucket}/cold, or its own bucket",
+            retention.hot_days
+        ));
+    }
     let mut buckets = serde_json::Map::new();
     let tiers = [
         ("hot", hot_url, "", retention.hot_days),
@@ -38,7 +49,7 @@ pub fn lifecycle_rules(hot_url: &str, cold_url: &str, retention: RetentionRules)
         let entry = buckets.entry(bucket).or_insert_with(|| json!({ "Rules": [] }));
         entry["Rules"].as_array_mut().expect("Rules is an array").push(rule);
     }
-    Value::Object(buckets)
+    Ok(Value::Object(buckets))
 }
 
 /// Splits `s3://bucket/some/prefix` into the bucket and `some/prefix/`.
@@ -96,7 +107,8 @@ mod tests {
             "s3://telemetry/hot",
             "s3://telemetry/cold/",
             RetentionRules { hot_days: 90, cold_days: 365 },
-        );
+        )
+        .unwrap();
         let rules = rules["telemetry"]["Rules"].as_array().unwrap();
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0]["Filter"]["Prefix"], "hot/");
@@ -108,9 +120,19 @@ mod tests {
 
     #[test]
     fn bucket_root_has_empty_prefix() {
-        let rules = lifecycle_rules("s3://hot-bucket", "s3://cold-bucket", RetentionRules { hot_days: 120, cold_days: 400 });
+        let rules = lifecycle_rules("s3://hot-bucket", "s3://cold-bucket", RetentionRules { hot_days: 120, cold_days: 400 }).unwrap();
         assert_eq!(rules["hot-bucket"]["Rules"][0]["Filter"]["Prefix"], "");
         assert_eq!(rules["hot-bucket"]["Rules"][0]["Expiration"]["Days"], 120);
         assert_eq!(rules["cold-bucket"]["Rules"][0]["Filter"]["Prefix"], "incidents/");
+    }
+
+    #[test]
+    fn cold_inside_hot_is_rejected() {
+        let retention = RetentionRules { hot_days: 90, cold_days: 365 };
+        for (hot, cold) in [("s3://bkt", "s3://bkt/cold"), ("s3://bkt/data", "s3://bkt/data/cold")] {
+            let error = lifecycle_rules(hot, cold, retention).unwrap_err();
+            assert!(error.contains("90-day expiration would also delete"), "{hot} {cold}: {error}");
+        }
+        assert!(lifecycle_rules("s3://bkt/hot", "s3://bkt/cold", retention).is_ok());
     }
 }

@@ -96,8 +96,20 @@ pub async fn write_snapshot(
         .saturating_add(margin_ms);
     let folder = snapshot_folder(&incident.incident_id);
     let manifest_name = format!("{folder}/{MANIFEST_OBJECT}");
-    if let Some(existing) = read_manifest(cold, &manifest_name).await? {
-        if existing.complete && existing.from_ms == from_ms && existing.to_ms == to_ms {
+    let events_name = format!("{folder}/{EVENTS_OBJECT}");
+    // A manifest that does not parse, or whose events object is gone, is
+    // replaced by a fresh snapshot instead of stopping the ticket stage.
+    let existing = match read_manifest(cold, &manifest_name).await {
+        Ok(existing) => existing,
+        Err(ArchiveError::Snapshot { location, reason }) => {
+            tracing::warn!(location = %location, reason = %reason, "Snapshot manifest unreadable; writing the snapshot again.");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(existing) = existing {
+        let complete = existing.complete && existing.from_ms == from_ms && existing.to_ms == to_ms;
+        if complete && cold.list(&events_name).await?.iter().any(|name| name == &events_name) {
             return Ok(existing);
         }
     }
@@ -110,7 +122,6 @@ pub async fn write_snapshot(
     events.sort_by(|a, b| (a.event_time_ms, &a.event_id).cmp(&(b.event_time_ms, &b.event_id)));
     events.dedup_by(|a, b| a.event_id == b.event_id);
 
-    let events_name = format!("{folder}/{EVENTS_OBJECT}");
     let bytes = write_container_with_marker(&events, sync_marker(&incident.incident_id)).map_err(|reason| {
         ArchiveError::Format {
             location: cold.url_of(&events_name),

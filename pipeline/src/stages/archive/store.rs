@@ -43,6 +43,25 @@ fn request_retry() -> RetryConfig {
 /// credentials) come from the `AWS_*` variables, Google Cloud Storage ones
 /// from `GOOGLE_*` and Azure ones from `AZURE_*`. An error is the reason,
 /// for the caller's error type.
+/// Refuses to open S3 without credentials when AWS_EC2_METADATA_DISABLED
+/// is set: the S3 client would otherwise ask the instance metadata service
+/// for them, which that variable turns off in the AWS tools.
+fn check_s3_credentials() -> Result<(), String> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+    let metadata_disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|value| value.eq_ignore_ascii_case("true"));
+    let credentials = set("AWS_ACCESS_KEY_ID")
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    if metadata_disabled && !credentials {
+        return Err(
+            "no S3 credentials are set and AWS_EC2_METADATA_DISABLED=true turns off the instance metadata service; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web identity token file)"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
 pub fn open_location(location: &str) -> Result<(Arc<dyn ObjectStore>, StorePath, String), String> {
     if !location.contains("://") {
         std::fs::create_dir_all(location).map_err(|e| e.to_string())?;
@@ -63,6 +82,7 @@ pub fn open_location(location: &str) -> Result<(Arc<dyn ObjectStore>, StorePath,
             Ok((Arc::new(store), StorePath::default(), named))
         }
         "s3" | "s3a" => {
+            check_s3_credentials()?;
             // Timeouts first, so that AWS_TIMEOUT and AWS_CONNECT_TIMEOUT
             // override them.
             let mut builder = AmazonS3Builder::new().with_client_options(

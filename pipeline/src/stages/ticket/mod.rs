@@ -205,6 +205,10 @@ impl TicketStage {
             }
             return Ok(Ok(Vec::new()));
         }
+        if let Err(reason) = check_incident_id(&incident.incident_id) {
+            tracing::warn!(stage = "ticket", reason = %reason, "Incident rejected: its id cannot name a ticket or a snapshot.");
+            return Ok(Err(Reject::new(reason)));
+        }
         let payload = TicketPayload::from_incident(incident, snapshot_url(&self.cold, &incident.incident_id));
         if let Err(reject) = review(&payload) {
             return Ok(Err(reject));
@@ -228,18 +232,27 @@ impl TicketStage {
                         ticket_key = %found.key,
                         "Ticket found in the ticket system but not in the ledger; recording it instead of making a second."
                     );
-                    if incident.change == "gated" {
-                        return Ok(Ok(vec![self.ledger_record(found, "created", &payload)]));
+                    // Without the payload the ticket was written with, only
+                    // a `gated` record is known to need no update.
+                    let sent = self.sink.sent_payload(&found);
+                    let up_to_date = match &sent {
+                        Some(sent) => !sent.differs_for_ticket(&payload) || payload.is_older_than(sent),
+                        None => incident.change == "gated",
+                    };
+                    if up_to_date {
+                        let recorded = sent.unwrap_or_else(|| payload.clone());
+                        return Ok(Ok(vec![self.ledger_record(found, "created", &recorded)]));
                     }
-                    Some((found, None))
+                    Some((found, sent))
                 }
                 Ok(None) => None,
                 Err(error) => return Ok(Err(self.rejected(&incident.incident_id, error))),
             },
         };
         if let Some((_, Some(previous))) = &known {
-            if !previous.differs_for_ticket(&payload) {
-                // A repeat, or a change that the ticket does not show.
+            if !previous.differs_for_ticket(&payload) || payload.is_older_than(previous) {
+                // A repeat, a change that the ticket does not show, or an
+                // earlier state read again.
                 return Ok(Ok(Vec::new()));
             }
         }
@@ -317,6 +330,23 @@ impl TicketStage {
             key: payload.incident_id.clone(),
             record: Record::Ticket(record),
         }
+    }
+}
+
+/// Checks that an incident id can name a ticket file, a label and a
+/// snapshot folder: 1 to 128 letters, digits, `-` and `_`, as the UUIDs
+/// that the window stage derives.
+fn check_incident_id(incident_id: &str) -> Result<(), String> {
+    let valid = !incident_id.is_empty()
+        && incident_id.len() <= 128
+        && incident_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        let shown: String = incident_id.chars().take(80).collect();
+        Err(format!(
+            "incident id {shown:?} is invalid; an id has 1 to 128 letters, digits, '-' or '_', such as the UUIDs the window stage writes"
+        ))
     }
 }
 
@@ -528,5 +558,61 @@ mod tests {
         let outcome = stage(dir.path()).handle(&incident).await.unwrap();
         assert_eq!(ledger_statuses(outcome), ["updated"]);
         assert_eq!(outbox_files(dir.path()), ["inc-restart.json"]);
+    }
+
+    fn closed(mut incident: IncidentEvent) -> IncidentEvent {
+        incident.change = "closed".into();
+        incident.timestamp_end_ms = Some(1_765_550_300_000);
+        incident
+    }
+
+    #[tokio::test]
+    async fn earlier_states_read_again_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let gated = gated_incident();
+        let mut first = stage(dir.path());
+        assert_eq!(ledger_statuses(first.handle(&gated).await.unwrap()), ["created"]);
+        assert_eq!(ledger_statuses(first.handle(&closed(gated.clone())).await.unwrap()), ["updated"]);
+        let written = std::fs::read(dir.path().join("tickets/inc-restart.json")).unwrap();
+
+        // The same stage reads both again, as after a seek back.
+        assert!(first.handle(&gated).await.unwrap().unwrap().is_empty());
+        assert!(first.handle(&closed(gated.clone())).await.unwrap().unwrap().is_empty());
+
+        // A new run finds the closed ticket in the outbox and records it once.
+        let mut second = stage(dir.path());
+        assert_eq!(ledger_statuses(second.handle(&gated).await.unwrap()), ["created"]);
+        assert!(second.handle(&closed(gated.clone())).await.unwrap().unwrap().is_empty());
+        let recorded = second.ledger_entry("inc-restart").unwrap();
+        assert!(recorded.payload_json.contains("\"timestamp_end\":\"2025-12-12T"), "{}", recorded.payload_json);
+        assert_eq!(std::fs::read(dir.path().join("tickets/inc-restart.json")).unwrap(), written);
+    }
+
+    #[tokio::test]
+    async fn recurrence_updates_closed_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage(dir.path());
+        let gated = gated_incident();
+        stage.handle(&gated).await.unwrap().unwrap();
+        stage.handle(&closed(gated.clone())).await.unwrap().unwrap();
+        let mut reopened = gated.clone();
+        reopened.change = "reopened".into();
+        reopened.recurrences = 1;
+        assert_eq!(ledger_statuses(stage.handle(&reopened).await.unwrap()), ["updated"]);
+    }
+
+    #[tokio::test]
+    async fn path_like_incident_id_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage(dir.path());
+        for id in ["/../escape", "../escape", "", "a b", "inc.json"] {
+            let mut incident = gated_incident();
+            incident.incident_id = id.into();
+            let reject = stage.handle(&incident).await.unwrap().unwrap_err();
+            assert!(reject.reason.contains("is invalid"), "{id:?}: {}", reject.reason);
+        }
+        assert!(!dir.path().join("tickets").exists());
+        assert!(!dir.path().join("escape.json").exists());
+        assert!(!dir.path().join("cold").join("incidents").exists());
     }
 }

@@ -64,6 +64,10 @@ impl TicketSink for OutboxSink {
         Ok(self.path(incident_id).exists().then(|| self.reference(incident_id)))
     }
 
+    fn sent_payload(&self, ticket: &TicketRef) -> Option<TicketPayload> {
+        self.read(&ticket.key)
+    }
+
     async fn create(&self, payload: &TicketPayload) -> Result<TicketRef, SinkError> {
         self.write(payload)
     }

@@ -141,6 +141,15 @@ impl TicketPayload {
             || self.type_reason != next.type_reason
     }
 
+    /// Whether this state of the incident comes before `previous`, the
+    /// state the ticket shows: a record read again from further back. A
+    /// reopen always raises `recurrences`, so an open state with the same
+    /// count as a closed one is older.
+    pub fn is_older_than(&self, previous: &TicketPayload) -> bool {
+        self.recurrences < previous.recurrences
+            || (self.recurrences == previous.recurrences && self.timestamp_end.is_none() && previous.timestamp_end.is_some())
+    }
+
     /// Describes what changed from `previous`, for a comment or work note.
     pub fn change_note(&self, previous: Option<&TicketPayload>) -> String {
         let mut changes = Vec::new();

@@ -17,16 +17,21 @@ use crate::model::{IncidentEvent, Record, TicketRecord};
 pub struct SendReport {
     /// `created KEY URL`, `updated KEY URL` or `unchanged KEY URL`, per incident.
     pub lines: Vec<String>,
+    /// Incidents that reached the ticket system's step: sent, or found
+    /// up to date.
+    pub sent: usize,
     /// Lines that could not be sent, each with its reason.
     pub failures: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("Could not read {path}: {source}")]
+    #[error("Could not read {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("Could not append to the ledger file {path}: {source}. Check that its folder exists and is writable.")]
+    #[error("Could not append to the ledger file {path}; check that its folder exists and is writable")]
     Ledger { path: PathBuf, source: std::io::Error },
+    #[error("{path} is a JSON array or a JSON document over several lines; write one incident record per line (JSON Lines)")]
+    NotJsonLines { path: PathBuf },
     #[error("Line {line} of the ledger file {path} is not a ticket record ({reason}); fix or remove the line.")]
     LedgerLine { path: PathBuf, line: usize, reason: String },
     #[error("The ticket stage stopped: {0}")]
@@ -66,6 +71,10 @@ pub async fn send_file(stage: &mut TicketStage, input: &Path, ledger: &Path) -> 
         path: input.to_path_buf(),
         source,
     })?;
+    let first = text.trim_start();
+    if first.starts_with('[') || (first.starts_with('{') && text.lines().next().is_some_and(|line| line.trim() == "{")) {
+        return Err(SendError::NotJsonLines { path: input.to_path_buf() });
+    }
     let mut report = SendReport::default();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -85,6 +94,7 @@ pub async fn send_file(stage: &mut TicketStage, input: &Path, ledger: &Path) -> 
             report.lines.push(format!("below the gate  {}  (no ticket)", incident.incident_id));
             continue;
         }
+        report.sent += 1;
         let outcome = stage.handle(&incident).await.map_err(|e| SendError::Stage(e.to_string()))?;
         match outcome {
             Ok(emits) if emits.is_empty() => {

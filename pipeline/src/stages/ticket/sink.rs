@@ -62,6 +62,12 @@ pub trait TicketSink: Send + Sync {
     /// before a create, for when the ledger has no record of it.
     async fn find(&self, incident_id: &str) -> Result<Option<TicketRef>, SinkError>;
 
+    /// Returns the payload a found ticket was last written with, when the
+    /// system keeps it whole (the outbox does).
+    fn sent_payload(&self, _ticket: &TicketRef) -> Option<TicketPayload> {
+        None
+    }
+
     /// Creates the ticket of an incident.
     async fn create(&self, payload: &TicketPayload) -> Result<TicketRef, SinkError>;
 
