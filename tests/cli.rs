@@ -243,3 +243,31 @@ fn review_run_needs_no_ticket_system() {
     let stdout = String::from_utf8_lossy(&reviewed.stdout);
     assert!(stdout.contains("created: file://"), "{stdout}");
 }
+
+/// The embedded run writes its incident records as JSON Lines, and `ticket
+/// send` takes them back: every gated incident finds its outbox ticket, so
+/// nothing new is created.
+#[test]
+fn incidents_file_feeds_ticket_send() {
+    let out = tempfile::tempdir().unwrap();
+    run_example(out.path());
+    let incidents = out.path().join("incidents.jsonl");
+    let text = std::fs::read_to_string(&incidents).unwrap();
+    assert!(text.lines().count() >= 8, "{text}");
+    assert!(text.lines().all(|line| line.starts_with("{\"incident_id\":")), "{text}");
+    let files_before = std::fs::read_dir(out.path().join("tickets")).unwrap().count();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_blameless"))
+        .args(["ticket", "send", "--input", incidents.to_str().unwrap()])
+        .args(["--ledger", out.path().join("ledger.jsonl").to_str().unwrap()])
+        .env("BLAMELESS__TICKET__OUTBOX_DIR", out.path().join("tickets"))
+        .env("BLAMELESS__ARCHIVE__URL", out.path().join("archive/hot"))
+        .env("BLAMELESS__ARCHIVE__COLD_URL", out.path().join("archive/cold"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("created")).count(), files_before, "{stdout}");
+    assert!(!stdout.contains("updated"), "{stdout}");
+    assert_eq!(std::fs::read_dir(out.path().join("tickets")).unwrap().count(), files_before);
+}

@@ -126,6 +126,8 @@ pub struct EmbeddedReport {
     pub dead_letters: Vec<DeadLetter>,
     pub incidents_opened: Vec<String>,
     pub incidents_gated: u64,
+    /// Every `windowed-incidents` record, in log order.
+    pub incidents: Vec<crate::model::IncidentEvent>,
     pub tickets_written: Vec<(String, String)>,
     pub archive_url: String,
     pub cold_url: String,
@@ -197,6 +199,7 @@ async fn summarize(report: &mut EmbeddedReport, log: &MemoryLog, codec: &Codec) 
                 "gated" => report.incidents_gated += 1,
                 _ => {}
             }
+            report.incidents.push(incident);
         }
     }
     for record in log.records(topology::TICKETS) {

@@ -253,7 +253,11 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLAMELESS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,blameless=info"));
     let json = std::env::var("BLAMELESS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal, so a log redirected to a file stays plain.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
@@ -278,7 +282,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             apply_out_dir(&mut config, &out);
             debug_assert!(!review || config.ticket.review);
             let report = app::run_embedded(&config, &input).await?;
+            let incidents_file = write_incidents(&out, &report.incidents)?;
             print_report(&report);
+            println!("Incident records:   {}", incidents_file.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Stage { name, input, review } => {
@@ -582,6 +588,20 @@ async fn send_tickets(config: &Config, input: &std::path::Path, ledger: &std::pa
         ledger.display()
     );
     Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Writes the run's windowed-incidents records to `<out>/incidents.jsonl`,
+/// one JSON object per line: the input of `blameless ticket send`.
+fn write_incidents(out: &std::path::Path, incidents: &[blameless::model::IncidentEvent]) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("could not create the output folder {}", out.display()))?;
+    let path = out.join("incidents.jsonl");
+    let mut text = String::new();
+    for incident in incidents {
+        text.push_str(&serde_json::to_string(incident)?);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+    Ok(std::fs::canonicalize(&path).unwrap_or(path))
 }
 
 /// Places the archive and the outbox under `out` unless the configuration

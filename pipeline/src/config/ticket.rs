@@ -258,6 +258,12 @@ pub(super) fn read_secret_file(setting: &'static str, file: &Option<PathBuf>, se
             path: path.clone(),
             source,
         })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{setting} names {}, which is empty; put the secret in that file",
+                path.display()
+            )));
+        }
         *secret = Secret::new(text.trim());
     }
     Ok(())
@@ -403,6 +409,15 @@ impl JiraConfig {
         for (name, mapping) in &self.fields {
             if mapping.field().is_empty() {
                 problems.push(format!("ticket.jira.fields.{name} has an empty field id; set it such as \"customfield_10050\""));
+            }
+            let numeric = ["failed_contacts", "total_contacts", "recurrences"].contains(&name.as_str());
+            let time = ["timestamp_start", "timestamp_end"].contains(&name.as_str());
+            if (mapping.kind() == "number" && !numeric) || (mapping.kind() == "datetime" && !time) {
+                problems.push(format!(
+                    "ticket.jira.fields.{name} has kind {:?}, which the payload field {name} cannot fill; use text, or map a field that fits ({})",
+                    mapping.kind(),
+                    if mapping.kind() == "number" { "failed_contacts, total_contacts, recurrences" } else { "timestamp_start, timestamp_end" }
+                ));
             }
             if !JIRA_FIELD_KINDS.contains(&mapping.kind()) {
                 problems.push(format!(

@@ -70,7 +70,11 @@ pub fn parse_age(text: &str) -> Result<i64, String> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
     let (number, unit) = trimmed.split_at(split);
-    let number: i64 = number.parse().map_err(|_| invalid())?;
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let too_large = || format!("age {text:?} is too large; write a smaller number, such as 90d");
+    let number: i64 = number.parse().map_err(|_| too_large())?;
     let unit_ms: i64 = match unit {
         "d" => 86_400_000,
         "h" => 3_600_000,
@@ -78,7 +82,7 @@ pub fn parse_age(text: &str) -> Result<i64, String> {
         "s" => 1_000,
         _ => return Err(invalid()),
     };
-    number.checked_mul(unit_ms).ok_or_else(invalid)
+    number.checked_mul(unit_ms).ok_or_else(too_large)
 }
 
 #[cfg(test)]
@@ -134,5 +138,13 @@ mod tests {
             assert!(error.contains("90-day expiration would also delete"), "{hot} {cold}: {error}");
         }
         assert!(lifecycle_rules("s3://bkt/hot", "s3://bkt/cold", retention).is_ok());
+    }
+
+    #[test]
+    fn huge_age_is_too_large() {
+        for text in ["9999999999999999d", "99999999999999999999s"] {
+            let error = parse_age(text).unwrap_err();
+            assert!(error.contains("is too large"), "{text}: {error}");
+        }
     }
 }

@@ -109,7 +109,7 @@ pub async fn write_snapshot(
     };
     if let Some(existing) = existing {
         let complete = existing.complete && existing.from_ms == from_ms && existing.to_ms == to_ms;
-        if complete && cold.list(&events_name).await?.iter().any(|name| name == &events_name) {
+        if complete && cold.list(&folder).await?.iter().any(|name| name == &events_name) {
             return Ok(existing);
         }
     }

@@ -337,6 +337,28 @@ async fn complete_snapshot_is_not_rewritten() {
 }
 
 #[tokio::test]
+async fn broken_complete_snapshot_is_rewritten() {
+    let (dir, hot, cold) = stores(&[TIME_MS]).await;
+    let closed = incident(TIME_MS, Some(TIME_MS + 1));
+    let written = write_snapshot(&hot, &cold, &closed, 60_000).await.unwrap();
+    let folder = dir.path().join("cold/incidents/inc-1");
+
+    // A deleted events object is written again, and reads back whole.
+    std::fs::remove_file(folder.join("events.avro")).unwrap();
+    let rewritten = write_snapshot(&hot, &cold, &closed, 60_000).await.unwrap();
+    assert_eq!(rewritten.event_count, written.event_count);
+    let read = read_snapshot(&snapshot_url(&cold, "inc-1")).await.unwrap();
+    assert_eq!(read.manifest, rewritten);
+    assert_eq!(read.events.len(), 1);
+
+    // A manifest that is not JSON is replaced instead of failing the write.
+    std::fs::write(folder.join("manifest.json"), "garbage").unwrap();
+    let replaced = write_snapshot(&hot, &cold, &closed, 60_000).await.unwrap();
+    assert_eq!(replaced.event_count, written.event_count);
+    assert_eq!(read_snapshot(&snapshot_url(&cold, "inc-1")).await.unwrap().manifest, replaced);
+}
+
+#[tokio::test]
 async fn verify_reports_each_gap() {
     let (dir, hot, cold) = stores(&[TIME_MS]).await;
     let mut good = incident(TIME_MS, Some(TIME_MS + 1));
