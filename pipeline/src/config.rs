@@ -734,16 +734,15 @@ pub struct SourcesConfig {
 pub enum ConfigError {
     #[error("Configuration is invalid: {0}")]
     Invalid(String),
-    #[error("Could not read the mask key file {path}: {source}. Check the path in mask.key_file or mask.previous_key_file and the file's permissions.")]
-    KeyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("Could not read {setting} {path}: {source}. Check the path, or leave {setting} out.")]
+    // The I/O error is a plain field, not a `source`, because the message
+    // already contains it and `{:#}` would print it a second time.
+    #[error("Could not read the mask key file {path}: {error}. Check the path in mask.key_file or mask.previous_key_file and the file's permissions.")]
+    KeyFile { path: PathBuf, error: std::io::Error },
+    #[error("Could not read {setting} {path}: {error}. Check the path, or leave {setting} out.")]
     SecretFile {
         setting: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -967,9 +966,9 @@ fn read_verbatim(variable: &str) -> Result<Option<String>, ConfigError> {
 
 /// Reads a key file, ignoring trailing whitespace such as the final newline.
 fn read_key_file(path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::KeyFile {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::KeyFile {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(Secret::new(text.trim_end()))
 }

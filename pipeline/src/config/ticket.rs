@@ -253,10 +253,10 @@ impl Default for ServiceNowConfig {
 /// whitespace, when a file is set.
 pub(super) fn read_secret_file(setting: &'static str, file: &Option<PathBuf>, secret: &mut Secret) -> Result<(), ConfigError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::SecretFile {
             setting,
             path: path.clone(),
-            source,
+            error,
         })?;
         if text.trim().is_empty() {
             return Err(ConfigError::Invalid(format!(
