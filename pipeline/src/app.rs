@@ -152,6 +152,18 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     let sink = Arc::new(MemorySink { log: Arc::clone(&log) });
     let publisher = publisher(config, sink.clone(), codec.clone(), topics.clone(), &metrics);
     publisher.publish(&delivered).await?;
+    // The in-memory log's offsets start at 0 in every run, so archive
+    // object names carry a digest of the input: the same input gives the
+    // same names, another input never overwrites or hides the first.
+    let input_label = {
+        use sha2::Digest;
+        let mut digest = sha2::Sha256::new();
+        for item in &delivered {
+            digest.update((item.bytes.len() as u64).to_be_bytes());
+            digest.update(&item.bytes);
+        }
+        format!("input-{}", &hex::encode(digest.finalize())[..12])
+    };
 
     let mut report = EmbeddedReport {
         events_read: delivered.len() as u64,
@@ -159,7 +171,10 @@ pub async fn run_embedded(config: &Config, input: &Path) -> anyhow::Result<Embed
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     for name in CONSUMING_STAGES {
-        let mut stage = build_stage(name, config, &metrics)?;
+        let mut stage = match name {
+            "archive" => Box::new(archive_stage(config, &metrics)?.with_log_label(input_label.clone())),
+            _ => build_stage(name, config, &metrics)?,
+        };
         if let Some(state) = stage.restore_topic() {
             let records = log.records(state.0).into_iter().map(|record| (record.partition, record.offset, record.payload));
             let restored = decode_state(&codec, stage.as_ref(), state, records).await;

@@ -75,6 +75,9 @@ pub struct ArchiveStage {
     limits: BatchLimits,
     batches: BTreeMap<(String, i32), PartitionBatch>,
     objects_written: Option<prometheus::IntCounter>,
+    /// Names the log in object and plan names, for a log whose offsets
+    /// start again at 0 (an embedded run): `<label>.<topic>`.
+    log_label: Option<String>,
 }
 
 impl ArchiveStage {
@@ -84,6 +87,22 @@ impl ArchiveStage {
             limits,
             batches: BTreeMap::new(),
             objects_written: None,
+            log_label: None,
+        }
+    }
+
+    /// Puts `label` before the topic in object and plan names, so that
+    /// logs whose offsets restart at 0, such as the in-memory log of two
+    /// embedded runs over different inputs, never share a name.
+    pub fn with_log_label(mut self, label: String) -> ArchiveStage {
+        self.log_label = Some(label);
+        self
+    }
+
+    fn log_name(&self, topic: &str) -> String {
+        match &self.log_label {
+            Some(label) => format!("{label}.{topic}"),
+            None => topic.to_string(),
         }
     }
 
@@ -177,7 +196,7 @@ impl ArchiveStage {
     /// Creates the plan of a batch unless one exists for its first offset,
     /// and returns the last offset of the plan in force.
     async fn record_plan(&self, plan: &BatchPlan) -> Result<i64, ArchiveError> {
-        let name = plan_name(&plan.topic, plan.partition, plan.first_offset);
+        let name = plan_name(&self.log_name(&plan.topic), plan.partition, plan.first_offset);
         let bytes = serde_json::to_vec(plan).expect("a batch plan serializes");
         if self.hot.put(&name, bytes, PutMode::Create, false).await? == PutOutcome::Created {
             return Ok(plan.last_offset);
@@ -210,7 +229,8 @@ impl ArchiveStage {
         for (folder, members) in groups {
             let first = members[0].0;
             let last = members[members.len() - 1].0;
-            let name = format!("{folder}/{topic}-{partition}-{first:020}-{last:020}.avro");
+            let log = self.log_name(topic);
+            let name = format!("{folder}/{log}-{partition}-{first:020}-{last:020}.avro");
             let owned: Vec<MaskedEvent> = members.iter().map(|(_, event)| (*event).clone()).collect();
             let bytes = write_container_with_marker(&owned, sync_marker(&name)).map_err(|reason| ArchiveError::Format {
                 location: self.hot.url_of(&name),
