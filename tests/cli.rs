@@ -211,7 +211,7 @@ fn archive_verify_rejects_invalid_age() {
 
 /// `--review` replays the example with Jira configured and no Jira
 /// credentials: every ticket lands in the outbox, and without the flag the
-/// same settings are refused before anything runs.
+/// same settings are rejected before anything runs.
 #[test]
 fn review_run_needs_no_ticket_system() {
     let out = tempfile::tempdir().unwrap();
@@ -230,9 +230,9 @@ fn review_run_needs_no_ticket_system() {
             .unwrap()
     };
 
-    let refused = run(false);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let rejected = run(false);
+    assert!(!rejected.status.success());
+    let stderr = String::from_utf8_lossy(&rejected.stderr);
     assert!(stderr.contains("ticket.jira.base_url is empty"), "{stderr}");
     assert!(!out.path().join("tickets").exists());
 

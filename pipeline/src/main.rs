@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
         /// Review mode: tickets go to the outbox folder whatever
-        /// ticket.sink says, so no ticket system is contacted.
+        /// ticket.sink is, so no ticket system is contacted.
         #[arg(long)]
         review: bool,
     },
@@ -61,7 +61,7 @@ enum Command {
         /// ingest, normalize, mask, window, ticket or archive.
         name: String,
         /// Review mode, for a replay: the ticket stage writes tickets to the
-        /// outbox folder whatever ticket.sink says, so no ticket system is
+        /// outbox folder whatever ticket.sink is, so no ticket system is
         /// contacted. Run a replay under its own kafka.topic_prefix, so its
         /// ledger records stay out of the live `tickets` topic.
         #[arg(long)]
