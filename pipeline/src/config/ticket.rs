@@ -490,6 +490,14 @@ mod tests {
         Config::load(Some(&path)).map_err(|e| e.to_string())
     }
 
+    /// A Jira sink's settings with `project_key` (a TOML string) and the
+    /// lines of its `[ticket.jira.fields]`.
+    fn jira_settings(project_key: &str, fields: &str) -> String {
+        format!(
+            "[ticket]\nsink = \"jira\"\n[ticket.jira]\nbase_url = \"https://your-team.atlassian.net\"\nemail = \"sre@example.com\"\napi_token = \"token-from-a-test\"\nproject_key = {project_key}\n[ticket.jira.fields]\n{fields}\n"
+        )
+    }
+
     #[test]
     fn shipped_configuration_loads() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/blameless.toml");
@@ -499,20 +507,10 @@ mod tests {
 
     #[test]
     fn jira_mapping_reads_both_forms() {
-        let config = load(
-            r#"
-[ticket]
-sink = "jira"
-[ticket.jira]
-base_url = "https://your-team.atlassian.net"
-email = "sre@example.com"
-api_token = "token-from-a-test"
-project_key = "OPS"
-[ticket.jira.fields]
-data_snapshot_url = "customfield_10050"
-severity = { field = "customfield_10051", kind = "option" }
-"#,
-        )
+        let config = load(&jira_settings(
+            "\"OPS\"",
+            "data_snapshot_url = \"customfield_10050\"\nseverity = { field = \"customfield_10051\", kind = \"option\" }",
+        ))
         .unwrap();
         let fields = &config.ticket.jira.fields;
         assert_eq!((fields["data_snapshot_url"].field(), fields["data_snapshot_url"].kind()), ("customfield_10050", "text"));
@@ -563,21 +561,10 @@ severity = { field = "customfield_10051", kind = "option" }
 
     #[test]
     fn mapping_onto_builtin_fields_is_rejected() {
-        let error = load(
-            r#"
-[ticket]
-sink = "jira"
-[ticket.jira]
-base_url = "https://your-team.atlassian.net"
-email = "sre@example.com"
-api_token = "token-from-a-test"
-project_key = 'OPS" OR project = "X'
-[ticket.jira.fields]
-incident_id = "labels"
-severity = "customfield_1"
-affected_service = "customfield_1"
-"#,
-        )
+        let error = load(&jira_settings(
+            "'OPS\" OR project = \"X'",
+            "incident_id = \"labels\"\nseverity = \"customfield_1\"\naffected_service = \"customfield_1\"",
+        ))
         .unwrap_err();
         for expected in [
             "ticket.jira.fields.incident_id maps to \"labels\", which Blameless fills itself",
