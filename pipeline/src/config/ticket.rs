@@ -32,6 +32,20 @@ pub const MAPPABLE_FIELDS: [&str; 17] = [
 
 pub const SINKS: [&str; 4] = ["outbox", "webhook", "jira", "servicenow"];
 
+/// The severities that the window stage gives incidents.
+pub const SEVERITIES: [&str; 4] = ["sev1", "sev2", "sev3", "sev4"];
+
+fn check_severity_keys<'a>(setting: &str, keys: impl Iterator<Item = &'a String>, problems: &mut Vec<String>) {
+    for key in keys {
+        if !SEVERITIES.contains(&key.as_str()) {
+            problems.push(format!(
+                "{setting} has the severity {key:?}, which incidents never have; use {}",
+                SEVERITIES.join(", ")
+            ));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TicketConfig {
@@ -390,6 +404,7 @@ impl JiraConfig {
                 self.project_key
             ));
         }
+        check_severity_keys("ticket.jira.priorities", self.priorities.keys(), problems);
         check_field_names("ticket.jira.fields", self.fields.keys(), problems);
         let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, mapping) in &self.fields {
@@ -453,6 +468,8 @@ impl ServiceNowConfig {
         if self.correlation_field.is_empty() {
             problems.push("ticket.servicenow.correlation_field is empty; set it to a column such as correlation_id".into());
         }
+        check_severity_keys("ticket.servicenow.impact", self.impact.keys(), problems);
+        check_severity_keys("ticket.servicenow.urgency", self.urgency.keys(), problems);
         check_field_names("ticket.servicenow.fields", self.fields.keys(), problems);
         let reserved = [
             "short_description",
@@ -563,13 +580,14 @@ mod tests {
     fn mapping_onto_builtin_fields_is_rejected() {
         let error = load(&jira_settings(
             "'OPS\" OR project = \"X'",
-            "incident_id = \"labels\"\nseverity = \"customfield_1\"\naffected_service = \"customfield_1\"",
+            "incident_id = \"labels\"\nseverity = \"customfield_1\"\naffected_service = \"customfield_1\"\n[ticket.jira.priorities]\ncritical = \"Highest\"",
         ))
         .unwrap_err();
         for expected in [
             "ticket.jira.fields.incident_id maps to \"labels\", which Blameless fills itself",
             "both map to \"customfield_1\"",
             "a Jira project key has only letters",
+            "ticket.jira.priorities has the severity \"critical\"",
         ] {
             assert!(error.contains(expected), "missing {expected:?} in {error}");
         }
