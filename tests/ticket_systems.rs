@@ -6,7 +6,7 @@
 //! a later search finds, and an update needs an existing ticket. Their
 //! responses follow the vendors' documented shapes, with bodies taken from the
 //! fixtures under `tests/fixtures/jira` and `tests/fixtures/servicenow`.
-//! Failures (401, 429, 503, slow answers, outages) are injected per route.
+//! Failures (401, 429, 503, slow responses, outages) are injected per route.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -91,10 +91,10 @@ impl Kind {
 
 /// A failure that a double serves in place of its normal response.
 enum Fault {
-    /// Answers with this response and leaves the double's tickets unchanged.
+    /// Responds with this response and leaves the double's tickets unchanged.
     Answer(ResponseTemplate),
-    /// Carries the request out, then answers after this delay, as a
-    /// server does that is slow to answer but not down.
+    /// Carries the request out, then responds after this delay, as a
+    /// server does that is slow but not down.
     Slow(Duration),
     /// Carries the request out, then answers with this response instead,
     /// as a server does that fails after the work was done.

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use blameless::model::IncidentEvent;
 
-/// A gated, still open `platform_outage` on `voice_inbound` that started at
-/// `start_ms`: 120 of 300 calls failed.
+/// Builds a gated, still open `platform_outage` on `voice_inbound` that
+/// started at `start_ms`: 120 of 300 calls failed.
 pub fn gated_incident(incident_id: &str, start_ms: i64) -> IncidentEvent {
     IncidentEvent {
         incident_id: incident_id.into(),

@@ -49,7 +49,7 @@ fn check_severity_keys<'a>(setting: &str, keys: impl Iterator<Item = &'a String>
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TicketConfig {
-    /// Where tickets go: `outbox` (one JSON file per ticket in
+    /// Destination of the tickets: `outbox` (one JSON file per ticket in
     /// `outbox_dir`), `webhook`, `jira` or `servicenow`. Default `outbox`.
     pub sink: String,
     /// Folder of the outbox sink, and of review mode. Default `out/tickets`.
@@ -64,7 +64,7 @@ pub struct TicketConfig {
     /// First backoff delay after a 5xx or a connection error, in
     /// milliseconds; it doubles with each attempt, with jitter. Default 500.
     pub backoff_initial_ms: u64,
-    /// Longest backoff delay, in milliseconds. Default 30000.
+    /// Maximum backoff delay, in milliseconds. Default 30000.
     pub backoff_max_ms: u64,
     /// Longest Retry-After that is honoured, in seconds; a longer one is cut
     /// to this. Default 300.
@@ -122,8 +122,8 @@ impl Default for WebhookConfig {
     }
 }
 
-/// How a payload field fills a Jira field: the field id, and the shape of
-/// its value.
+/// Mapping of a payload field onto a Jira field: the field id, and the
+/// shape of its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum JiraFieldMapping {
@@ -320,7 +320,7 @@ impl TicketConfig {
         Ok(())
     }
 
-    /// The sink that review mode or the settings choose.
+    /// Returns the sink that review mode or the settings choose.
     pub fn effective_sink(&self) -> &str {
         if self.review {
             "outbox"
@@ -507,8 +507,8 @@ mod tests {
         Config::load(Some(&path)).map_err(|e| e.to_string())
     }
 
-    /// A Jira sink's settings with `project_key` (a TOML string) and the
-    /// lines of its `[ticket.jira.fields]`.
+    /// Builds a Jira sink's settings with `project_key` (a TOML string)
+    /// and the lines of its `[ticket.jira.fields]`.
     fn jira_settings(project_key: &str, fields: &str) -> String {
         format!(
             "[ticket]\nsink = \"jira\"\n[ticket.jira]\nbase_url = \"https://your-team.atlassian.net\"\nemail = \"sre@example.com\"\napi_token = \"token-from-a-test\"\nproject_key = {project_key}\n[ticket.jira.fields]\n{fields}\n"
@@ -559,7 +559,8 @@ mod tests {
     #[test]
     fn unknown_sink_lists_the_sinks() {
         let error = load("[ticket]\nsink = \"zendesk\"\n").unwrap_err();
-        assert!(error.contains("\"zendesk\"") && error.contains("outbox, webhook, jira, servicenow"), "{error}");
+        assert!(error.contains("\"zendesk\""), "{error}");
+        assert!(error.contains("outbox, webhook, jira, servicenow"), "{error}");
     }
 
     #[test]

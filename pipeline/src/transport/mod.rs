@@ -180,14 +180,14 @@ pub trait Stage: Send {
 
     fn partitions_revoked(&mut self, _topic: &str, _partitions: &[i32]) {}
 
-    /// Longest time one `process` call may take, when it can wait out an
+    /// Returns the maximum time one `process` call may take, when it can wait out an
     /// external system; the Kafka consumer stays in its group that long.
     /// `None` for the consumer's default (five minutes).
     fn max_processing_time(&self) -> Option<Duration> {
         None
     }
 
-    /// A compacted topic, and the kind of its records, that the stage reads
+    /// Returns a compacted topic, and the kind of its records, that the stage reads
     /// to its end before its first batch, such as the ticket ledger.
     fn restore_topic(&self) -> Option<(&'static str, RecordKind)> {
         None

@@ -76,7 +76,7 @@ impl HttpClient {
         &self.client
     }
 
-    /// Whether the last request ran out of attempts.
+    /// Returns whether the last request ran out of attempts.
     pub fn circuit_is_open(&self) -> bool {
         self.circuit_open.load(Ordering::Relaxed)
     }
@@ -197,13 +197,13 @@ impl HttpClient {
     }
 }
 
-/// Whether sending the same request again may succeed: a timeout, a
+/// Returns whether sending the same request again may succeed: a timeout, a
 /// rate limit, or a server error.
 fn retryable(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// Whether a retryable response means the server did not carry the request
+/// Returns whether a retryable response means the server did not carry the request
 /// out, so a create can be sent again without a search.
 fn surely_not_carried_out(status: StatusCode) -> bool {
     status == StatusCode::REQUEST_TIMEOUT

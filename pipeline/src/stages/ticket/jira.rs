@@ -20,7 +20,7 @@ use super::TicketPayload;
 use crate::config::{JiraConfig, TicketConfig};
 
 const SYSTEM: &str = "jira";
-/// Longest summary Jira accepts.
+/// Maximum length of a Jira summary, in characters.
 const SUMMARY_LIMIT: usize = 255;
 
 pub struct JiraSink {
@@ -29,8 +29,8 @@ pub struct JiraSink {
     base: String,
 }
 
-/// The label that marks the ticket of an incident, which the search
-/// before a create looks for.
+/// Returns the label that marks the ticket of an incident, which the
+/// search before a create looks for.
 pub fn incident_label(incident_id: &str) -> String {
     format!("blameless-{incident_id}")
 }
@@ -105,8 +105,8 @@ impl JiraSink {
         format!("{}/browse/{key}", self.base)
     }
 
-    /// The mapped custom fields and the priority, which both a create and
-    /// an update send.
+    /// Builds the mapped custom fields and the priority, which both a
+    /// create and an update send.
     fn mapped_fields(&self, payload: &TicketPayload) -> Map<String, Value> {
         let mut fields = Map::new();
         for (name, mapping) in &self.config.fields {
@@ -119,7 +119,7 @@ impl JiraSink {
         fields
     }
 
-    /// The body of a create: project, issue type, summary, description,
+    /// Builds the body of a create: project, issue type, summary, description,
     /// labels and the mapped fields. A field without a value is left out,
     /// so a create never fails on an empty optional field.
     pub fn create_body(&self, payload: &TicketPayload) -> Value {
@@ -135,7 +135,7 @@ impl JiraSink {
         json!({ "fields": fields })
     }
 
-    /// The body of an update: the mapped fields and the priority only, so
+    /// Builds the body of an update: the mapped fields and the priority only, so
     /// the summary and description that people edited stay theirs. A field
     /// without a value is cleared.
     pub fn update_body(&self, payload: &TicketPayload) -> Value {

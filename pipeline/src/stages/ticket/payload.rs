@@ -66,7 +66,7 @@ impl TicketPayload {
         }
     }
 
-    /// One line for a ticket title, such as
+    /// Returns one line for a ticket title, such as
     /// `[sev1] platform_outage on voice_inbound since 2025-12-12T15:00:00.000Z`.
     pub fn summary(&self) -> String {
         format!(
@@ -75,7 +75,7 @@ impl TicketPayload {
         )
     }
 
-    /// The ticket's description as lines of plain text.
+    /// Returns the ticket's description as lines of plain text.
     pub fn description_lines(&self) -> Vec<String> {
         let mut lines = vec![
             format!(
@@ -131,7 +131,7 @@ impl TicketPayload {
         }
     }
 
-    /// Whether a ticket made from `self` needs updating to show `next`:
+    /// Returns whether a ticket written from `self` needs updating to show `next`:
     /// only the fields people act on count, not the running counts.
     pub fn differs_for_ticket(&self, next: &TicketPayload) -> bool {
         self.timestamp_end != next.timestamp_end
@@ -141,7 +141,7 @@ impl TicketPayload {
             || self.type_reason != next.type_reason
     }
 
-    /// Whether this state of the incident comes before `previous`, the
+    /// Returns whether this state of the incident comes before `previous`, the
     /// state the ticket shows: a record read again from further back. A
     /// reopen always raises `recurrences`, so an open state with the same
     /// count as a closed one is older.

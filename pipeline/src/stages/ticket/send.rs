@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::TicketStage;
 use crate::model::{IncidentEvent, Record, TicketRecord};
 
-/// What happened to each line of the input.
+/// Outcome of each line of the input.
 #[derive(Debug, Default)]
 pub struct SendReport {
     /// `created KEY URL`, `updated KEY URL` or `unchanged KEY URL`, per incident.

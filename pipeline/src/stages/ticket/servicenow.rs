@@ -21,7 +21,7 @@ use crate::config::{ServiceNowConfig, TicketConfig};
 const SYSTEM: &str = "servicenow";
 /// Columns requested in every response: only what the ledger keeps.
 const RESPONSE_FIELDS: &str = "sys_id,number,state";
-/// Longest short_description of the incident table.
+/// Maximum length of the incident table's short_description, in characters.
 const SHORT_DESCRIPTION_LIMIT: usize = 160;
 
 pub struct ServiceNowSink {
@@ -30,7 +30,7 @@ pub struct ServiceNowSink {
     base: String,
 }
 
-/// The Table API's text form of a payload value.
+/// Converts a payload value to the Table API's text form.
 fn text(value: Value) -> Value {
     match value {
         Value::Null => Value::String(String::new()),
@@ -103,7 +103,7 @@ impl ServiceNowSink {
         columns
     }
 
-    /// The body of a create: the short description, the description, the
+    /// Builds the body of a create: the short description, the description, the
     /// correlation column, the fixed columns and the tracked ones.
     pub fn create_body(&self, payload: &TicketPayload) -> Value {
         let mut columns = Map::new();
@@ -121,7 +121,7 @@ impl ServiceNowSink {
         Value::Object(columns)
     }
 
-    /// The body of an update: the tracked columns and a work note. The
+    /// Builds the body of an update: the tracked columns and a work note. The
     /// descriptions that people edited stay theirs.
     pub fn update_body(&self, payload: &TicketPayload, note: &str) -> Value {
         let mut columns = self.tracked_columns(payload);

@@ -1,4 +1,4 @@
-//! What every ticket system offers the ticket stage: a search for the
+//! The interface of a ticket system for the ticket stage: a search for the
 //! ticket of an incident, a create and an update.
 
 use std::path::PathBuf;

@@ -45,7 +45,7 @@ impl WebhookSink {
         })
     }
 
-    /// The body of a delivery: the payload's fields, `event`, and for an
+    /// Builds the body of a delivery: the payload's fields, `event`, and for an
     /// update the note that describes what changed.
     pub fn body(payload: &TicketPayload, event: &str, note: Option<&str>) -> Vec<u8> {
         let mut object = serde_json::to_value(payload).unwrap_or(Value::Null);
