@@ -68,9 +68,10 @@ stop_services() {
 }
 trap stop_services EXIT
 
-# Reuses a service that is already running, or starts it: NAME as shown in
-# the log, SCRIPT its start/stop script in scripts/, and FLAG the variable
-# set to true before a start, so the EXIT trap stops what this script began.
+# Reuses a service that is already running, or starts it. NAME is shown in
+# the log, SCRIPT is its start/stop script in scripts/, and FLAG is the
+# variable set to true before a start, so the EXIT trap stops only what this
+# script began.
 start_service() {
   local name="$1" script="$2" flag="$3" step_start
   if "scripts/$script" status >/dev/null 2>&1; then

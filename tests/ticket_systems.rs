@@ -96,14 +96,14 @@ enum Fault {
     /// Carries the request out, then responds after this delay, as a
     /// server does that is slow but not down.
     Slow(Duration),
-    /// Carries the request out, then answers with this response instead,
+    /// Carries the request out, then responds with this response instead,
     /// as a server does that fails after the work was done.
     DoneThenAnswer(ResponseTemplate),
 }
 
 #[derive(Default)]
 struct Faults {
-    /// Answer to every request while set: a system that is down.
+    /// Response to every request while set: a system that is down.
     outage: Option<ResponseTemplate>,
     /// Faults for the next requests, whatever their route, in order.
     next_any: VecDeque<Fault>,
@@ -470,7 +470,7 @@ fn servicenow_error(status: u16, message: &str, detail: &str) -> ResponseTemplat
         .set_body_json(json!({"error": {"message": message, "detail": detail}, "status": "failure"}))
 }
 
-/// Jira's answer to a custom field that is not on the screen: the captured
+/// Jira's response to a custom field that is not on the screen: the captured
 /// 400, with the field id of the request in place of the captured one.
 fn unknown_custom_field(fields: &Map<String, Value>) -> Option<ResponseTemplate> {
     let unknown = fields

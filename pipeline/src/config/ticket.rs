@@ -385,8 +385,14 @@ impl JiraConfig {
                     .into(),
             );
         }
+
         if self.project_key.is_empty() {
             problems.push("ticket.jira.project_key is empty; set it to the key of the project, such as OPS".into());
+        } else if !self.project_key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            problems.push(format!(
+                "ticket.jira.project_key is {:?}; a Jira project key has only letters, digits and '_', such as OPS",
+                self.project_key
+            ));
         }
         if self.issue_type.is_empty() {
             problems.push("ticket.jira.issue_type is empty; set it to an issue type name of the project, such as Task".into());
@@ -396,24 +402,12 @@ impl JiraConfig {
                 problems.push(format!("ticket.jira.labels has {label:?}; Jira labels cannot be empty or contain spaces"));
             }
         }
-        if !self.project_key.is_empty()
-            && !self.project_key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            problems.push(format!(
-                "ticket.jira.project_key is {:?}; a Jira project key has only letters, digits and '_', such as OPS",
-                self.project_key
-            ));
-        }
         check_severity_keys("ticket.jira.priorities", self.priorities.keys(), problems);
+
         check_field_names("ticket.jira.fields", self.fields.keys(), problems);
         let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, mapping) in &self.fields {
-            if JIRA_RESERVED_FIELDS.contains(&mapping.field()) {
-                problems.push(format!(
-                    "ticket.jira.fields.{name} maps to {:?}, which Blameless fills itself; map it to a custom field such as \"customfield_10050\"",
-                    mapping.field()
-                ));
-            }
+            self.validate_mapping(name, mapping, problems);
             if let Some(other) = targets.insert(mapping.field(), name) {
                 problems.push(format!(
                     "ticket.jira.fields.{other} and ticket.jira.fields.{name} both map to {:?}; give each its own field",
@@ -421,26 +415,40 @@ impl JiraConfig {
                 ));
             }
         }
-        for (name, mapping) in &self.fields {
-            if mapping.field().is_empty() {
-                problems.push(format!("ticket.jira.fields.{name} has an empty field id; set it such as \"customfield_10050\""));
-            }
-            let numeric = ["failed_contacts", "total_contacts", "recurrences"].contains(&name.as_str());
-            let time = ["timestamp_start", "timestamp_end"].contains(&name.as_str());
-            if (mapping.kind() == "number" && !numeric) || (mapping.kind() == "datetime" && !time) {
-                problems.push(format!(
-                    "ticket.jira.fields.{name} has kind {:?}, which the payload field {name} cannot fill; use text, or map a field that fits ({})",
-                    mapping.kind(),
-                    if mapping.kind() == "number" { "failed_contacts, total_contacts, recurrences" } else { "timestamp_start, timestamp_end" }
-                ));
-            }
-            if !JIRA_FIELD_KINDS.contains(&mapping.kind()) {
-                problems.push(format!(
-                    "ticket.jira.fields.{name} has kind {:?}; use one of {}",
-                    mapping.kind(),
-                    JIRA_FIELD_KINDS.join(", ")
-                ));
-            }
+    }
+
+    /// Checks one field mapping: a field id that Blameless does not fill
+    /// itself, and a kind that the payload field can fill.
+    fn validate_mapping(&self, name: &str, mapping: &JiraFieldMapping, problems: &mut Vec<String>) {
+        if mapping.field().is_empty() {
+            problems.push(format!("ticket.jira.fields.{name} has an empty field id; set it such as \"customfield_10050\""));
+        }
+        if JIRA_RESERVED_FIELDS.contains(&mapping.field()) {
+            problems.push(format!(
+                "ticket.jira.fields.{name} maps to {:?}, which Blameless fills itself; map it to a custom field such as \"customfield_10050\"",
+                mapping.field()
+            ));
+        }
+
+        if !JIRA_FIELD_KINDS.contains(&mapping.kind()) {
+            problems.push(format!(
+                "ticket.jira.fields.{name} has kind {:?}; use one of {}",
+                mapping.kind(),
+                JIRA_FIELD_KINDS.join(", ")
+            ));
+            return;
+        }
+        let fitting = match mapping.kind() {
+            "number" => ["failed_contacts", "total_contacts", "recurrences"].as_slice(),
+            "datetime" => ["timestamp_start", "timestamp_end"].as_slice(),
+            _ => return,
+        };
+        if !fitting.contains(&name) {
+            problems.push(format!(
+                "ticket.jira.fields.{name} has kind {:?}, which the payload field {name} cannot fill; use text, or map a field that fits ({})",
+                mapping.kind(),
+                fitting.join(", ")
+            ));
         }
     }
 }

@@ -180,9 +180,9 @@ pub trait Stage: Send {
 
     fn partitions_revoked(&mut self, _topic: &str, _partitions: &[i32]) {}
 
-    /// Returns the maximum time one `process` call may take, when it can wait out an
-    /// external system; the Kafka consumer stays in its group that long.
-    /// `None` for the consumer's default (five minutes).
+    /// Returns the maximum time one `process` call may take, for a stage
+    /// that waits out an external system. The Kafka consumer stays in its
+    /// group that long. `None` keeps the consumer's default of five minutes.
     fn max_processing_time(&self) -> Option<Duration> {
         None
     }

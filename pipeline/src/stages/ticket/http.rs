@@ -1,7 +1,7 @@
-//! The HTTP client of a ticket system: a timeout on every request,
-//! exponential backoff with jitter after a connection error, a timeout or a
-//! 5xx, the server's Retry-After after a 429 or 503, and a circuit that
-//! stops retrying once a system has failed a whole run of attempts.
+//! The HTTP client of a ticket system. Every request has a timeout. A
+//! connection error, a timeout or a 5xx is retried with exponential backoff
+//! and jitter, and a 429 or 503 after the server's Retry-After. Once a
+//! system has failed a whole run of attempts, the circuit opens.
 //!
 //! While the circuit is open, each request gets one attempt only: it is the
 //! probe that closes the circuit again. The ticket stage waits

@@ -1,8 +1,9 @@
 //! Ticket: reads `windowed-incidents` and makes exactly one postmortem ticket
-//! per gated incident in the configured ticket system (the outbox folder, a
-//! webhook, Jira or ServiceNow), then records it in the `tickets` ledger
-//! (compacted, keyed by incident id: system, key, URL and status). An
-//! incident that never passes the gate is counted and never ticketed.
+//! per gated incident in the configured ticket system: the outbox folder, a
+//! webhook, Jira or ServiceNow. Each ticket is recorded in the compacted
+//! `tickets` ledger, keyed by incident id, with its system, key, URL and
+//! status. An incident that never passes the gate is counted and never
+//! ticketed.
 //!
 //! Before a ticket is created, the incident's events are copied to the cold
 //! tier, so its data_snapshot_url exists when the ticket is sent. Later
